@@ -1,0 +1,216 @@
+"""The ``cityvitals`` command.
+
+``cityvitals demo`` runs a simulated district afternoon through the real
+dataflow; ``cityvitals run`` processes a recorded JSON-lines file;
+``cityvitals simulate`` writes the scenario; ``cityvitals schemas`` checks or
+regenerates the JSON Schemas.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import click
+import orjson
+
+from cityvitals.lake import DB_NAME, Lake
+from cityvitals.yamlconf import ConfigError
+
+__all__ = ["main"]
+
+
+def _config(**settings):
+    from flows.config import PipelineConfig
+
+    given = {k: v for k, v in settings.items() if v is not None}
+    return PipelineConfig.from_mapping(given, source="command line")
+
+
+def _run_flow(source, config) -> float:
+    from bytewax.testing import run_main
+
+    from flows.city import build
+
+    started = time.perf_counter()
+    run_main(build(source, config))
+    return time.perf_counter() - started
+
+
+def _print_summary(s: dict, seconds: float) -> None:
+    rate = s["events_in"] / seconds if seconds else 0.0
+    click.echo(f"events in      {s['events_in']:>10,}   ({seconds:.1f} s, {rate:,.0f} events/s)")
+    click.echo(f"valid          {s['valid']:>10,}")
+    click.echo(f"dead letters   {s['dead_letters']:>10,}")
+    for reason, n in s["dead_letters_by_reason"].items():
+        click.echo(f"  {reason:<22}{n:>8,}")
+    click.echo(f"indicator rows {s['indicator_values']:>10,}")
+    click.echo(f"alerts opened  {s['breaches']:>10,}   (by peak severity)")
+    for sev, n in s["alerts_by_peak_severity"].items():
+        click.echo(f"  {sev:<22}{n:>8,}")
+
+
+def _fresh_out(out: Path, overwrite: bool) -> None:
+    lake = Lake(out)
+    if lake.has_data():
+        if not overwrite:
+            raise click.UsageError(
+                f"{out} already holds a lake; pass --overwrite to replace it, "
+                "or choose another --out"
+            )
+        shutil.rmtree(out / "lake")
+        (out / DB_NAME).unlink(missing_ok=True)
+
+
+@click.group()
+@click.version_option(package_name="cityvitals")
+def main() -> None:
+    """cityvitals: real-time city vital-sign indicators, breaches and risk levels."""
+
+
+def _scenario(devices, minutes, seed, bad_rate=None):
+    from cityvitals.simulate import Scenario
+
+    kwargs = {"devices": devices, "minutes": minutes, "seed": seed}
+    if bad_rate is not None:
+        kwargs["bad_rate"] = bad_rate
+    try:
+        return Scenario(**kwargs)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+@main.command()
+@click.option("--minutes", default=240, show_default=True, help="Length of the afternoon.")
+@click.option("--devices", default=2_000, show_default=True, help="Devices in the district.")
+@click.option("--seed", default=7, show_default=True, help="Random seed (same seed, same city).")
+@click.option("--out", default="data", show_default=True, type=click.Path(path_type=Path))
+def demo(minutes: int, devices: int, seed: int, out: Path) -> None:
+    """Watch a simulated district afternoon through the real dataflow."""
+    from cityvitals.simulate import generate, incidents
+    from cityvitals.summary import EXAMPLE_QUERY, check_incidents, summarize
+    from flows.sources import BatchIteratorSource
+
+    scenario = _scenario(devices, minutes, seed)
+    _fresh_out(out, overwrite=True)
+    config = _config(out=out)
+    click.echo(
+        f"Simulating district D01: {devices:,} devices, {minutes} minutes from "
+        f"{scenario.start:%Y-%m-%d %H:%M} UTC, seed {seed} ..."
+    )
+    source = BatchIteratorSource("simulator", lambda: generate(scenario))
+    seconds = _run_flow(source, config)
+    lake = Lake(out)
+    s = summarize(lake)
+    _print_summary(s, seconds)
+    click.echo("\nground-truth incidents")
+    for r in check_incidents(lake, incidents(scenario)):
+        mark = "detected" if r["detected"] else "MISSED  "
+        delay = f"{r['delay_s'] / 60:5.1f} min after start" if r["delay_s"] is not None else ""
+        click.echo(
+            f"  {mark} {r['id']:<22} {r['indicator_id']:<28} {r['entity_id']:<20} "
+            f"peak {r['peak_severity']:<7} (expected {r['expected_severity']}) {delay}"
+        )
+    click.echo(f"\nDuckDB: {lake.db_path}  (open it read-only, even while a run is writing)")
+    click.echo(f'  duckdb -readonly {lake.db_path} "{EXAMPLE_QUERY}"')
+
+
+@main.command()
+@click.option(
+    "--input",
+    "input_",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JSON-lines file of wire records.",
+)
+@click.option("--out", default="data", show_default=True, type=click.Path(path_type=Path))
+@click.option(
+    "--summary-json",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the run summary here as JSON.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing lake in --out.")
+@click.option("--batch-size", type=int, help="Lines per batch (default 10000).")
+@click.option("--allowed-lateness", help="How late an event may arrive, e.g. 30s.")
+def run(
+    input_: Path,
+    out: Path,
+    summary_json: Path | None,
+    overwrite: bool,
+    batch_size,
+    allowed_lateness,
+) -> None:
+    """Process recorded events through the same flow."""
+    from cityvitals.summary import summarize
+    from flows.sources import JsonLinesSource
+
+    config = _config(out=out, batch_size=batch_size, allowed_lateness=allowed_lateness)
+    _fresh_out(out, overwrite)
+    seconds = _run_flow(JsonLinesSource(input_, config.batch_size), config)
+    s = summarize(Lake(out))
+    _print_summary(s, seconds)
+    if summary_json:
+        summary_json.write_bytes(
+            orjson.dumps({**s, "seconds": round(seconds, 3)}, option=orjson.OPT_INDENT_2)
+        )
+
+
+@main.command()
+@click.option("--minutes", default=240, show_default=True)
+@click.option("--devices", default=2_000, show_default=True)
+@click.option("--seed", default=7, show_default=True)
+@click.option("--bad-rate", type=float, help="Share of deliberately broken lines (default 0.0005).")
+@click.option(
+    "--out",
+    default="-",
+    show_default=True,
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    help="JSON-lines file, or - for standard output.",
+)
+def simulate(minutes: int, devices: int, seed: int, bad_rate: float | None, out: Path) -> None:
+    """Write the simulated afternoon as JSON lines (plus a manifest of its incidents)."""
+    from cityvitals.simulate import generate, manifest, write_jsonl
+
+    scenario = _scenario(devices, minutes, seed, bad_rate)
+    if str(out) == "-":
+        stream = sys.stdout.buffer
+        for batch in generate(scenario):
+            stream.write(b"".join(line + b"\n" for line in batch))
+        return
+    n = write_jsonl(scenario, out)
+    meta = out.with_name(out.name + ".manifest.json")
+    meta.write_bytes(orjson.dumps(manifest(scenario), option=orjson.OPT_INDENT_2))
+    click.echo(f"wrote {n:,} lines to {out} and the incidents to {meta}", err=True)
+
+
+@main.command()
+@click.option("--write", is_flag=True, help="Regenerate schemas/json from the Arrow schemas.")
+def schemas(write: bool) -> None:
+    """Check (or --write) the JSON Schemas generated from the Arrow schemas."""
+    from schemas.jsonschema import JSON_DIR, drift, write_all
+
+    if write:
+        for path in write_all():
+            click.echo(f"wrote {path}")
+        return
+    stale = drift()
+    if stale:
+        raise click.ClickException(
+            f"JSON Schemas out of date: {', '.join(stale)}; run `cityvitals schemas --write`"
+        )
+    click.echo(f"JSON Schemas in {JSON_DIR} match the Arrow schemas")
+
+
+def run_cli() -> None:
+    """Entry point: configuration errors end the start with their message."""
+    try:
+        main(standalone_mode=True)
+    except ConfigError as exc:
+        click.echo(f"configuration error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    run_cli()

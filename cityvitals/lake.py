@@ -1,0 +1,157 @@
+"""The output lake: Parquet files by table and date, and a DuckDB file of views.
+
+Layout under the output directory::
+
+    lake/<table>/date=YYYY-MM-DD/part-<writer>-<seq>.parquet
+    lake/<table>/_schema/empty.parquet       # keeps the views valid before data
+    cityvitals.duckdb                        # views over the Parquet files
+
+Why views and not tables: the pipeline owns the Parquet files and never holds
+the DuckDB file open. It writes the views once, in a short transaction at
+start, and closes the file. Analysts can then open ``cityvitals.duckdb``
+read-only at any time, from any number of processes, and never meet a lock
+held by the pipeline; every query sees the files that were complete when it
+started. A Parquet file appears atomically: it is written under a temporary
+name in the same directory and renamed into place, so a reader never sees
+half a file.
+
+>>> import tempfile
+>>> lake = Lake(tempfile.mkdtemp())
+>>> lake.create()
+>>> con = lake.connect()
+>>> con.execute("select count(*) from breaches").fetchone()
+(0,)
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from datetime import date
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from schemas.families import OUTPUT_TABLES
+
+__all__ = ["PARTITION_COLUMN", "Lake", "LakeError"]
+
+#: The column each table is partitioned by date on.
+PARTITION_COLUMN = {
+    "indicator_values": "window_start",
+    "breaches": "event_ts",
+    "dead_letters": "received_at",
+    "ingest_batches": "processed_at",
+}
+
+DB_NAME = "cityvitals.duckdb"
+
+
+class LakeError(RuntimeError):
+    """The lake or its DuckDB catalogue can't be used as asked."""
+
+
+class Lake:
+    """Paths and atomic writes of one output directory."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    @property
+    def db_path(self) -> Path:
+        return self.root / DB_NAME
+
+    def table_dir(self, table: str) -> Path:
+        if table not in OUTPUT_TABLES:
+            raise LakeError(f"unknown table '{table}', expected one of {sorted(OUTPUT_TABLES)}")
+        return self.root / "lake" / table
+
+    def glob(self, table: str) -> str:
+        return str(self.table_dir(table).resolve() / "*" / "*.parquet")
+
+    def has_data(self) -> bool:
+        """Whether any table holds a data file (not just its schema file)."""
+        return any(
+            p.parent.name != "_schema"
+            for t in OUTPUT_TABLES
+            for p in self.table_dir(t).glob("*/*.parquet")
+        )
+
+    def create(self) -> None:
+        """Make the directories, schema files and DuckDB views (idempotent)."""
+        for table, schema in OUTPUT_TABLES.items():
+            empty = self.table_dir(table) / "_schema" / "empty.parquet"
+            if not empty.exists():
+                empty.parent.mkdir(parents=True, exist_ok=True)
+                _atomic_write(schema.empty_table(), empty)
+        self._create_views()
+
+    def _create_views(self) -> None:
+        statements = [
+            f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet("
+            f"'{self.glob(table)}', union_by_name = true)"
+            for table in OUTPUT_TABLES
+        ]
+        try:
+            con = duckdb.connect(str(self.db_path))
+        except duckdb.IOException as exc:
+            # Someone holds the file (an analyst's read-only session): fine if the
+            # views are already the ones we would write.
+            if self._views_current():
+                return
+            raise LakeError(
+                f"cannot write the views into {self.db_path}: {exc}. Close other sessions "
+                "on it once, or point --out at a new directory."
+            ) from exc
+        try:
+            for sql in statements:
+                con.execute(sql)
+        finally:
+            con.close()
+
+    def _views_current(self) -> bool:
+        try:
+            con = duckdb.connect(str(self.db_path), read_only=True)
+        except duckdb.Error:
+            return False
+        try:
+            found = dict(
+                con.execute(
+                    "select view_name, sql from duckdb_views() where not internal"
+                ).fetchall()
+            )
+        finally:
+            con.close()
+        return all(t in found and self.glob(t) in found[t] for t in OUTPUT_TABLES)
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """A read-only DuckDB connection to the views, as an analyst opens it."""
+        return duckdb.connect(str(self.db_path), read_only=True)
+
+    def write(self, table: str, data: pa.Table, writer: str, seq: itertools.count) -> list[Path]:
+        """Write ``data`` into ``table``, one atomic file per date; return the paths."""
+        if data.num_rows == 0:
+            return []
+        schema = OUTPUT_TABLES[table]
+        data = data.select(schema.names).cast(schema)
+        days = pc.cast(pc.cast(data[PARTITION_COLUMN[table]], pa.timestamp("us")), pa.date32())
+        paths = []
+        for day in pc.unique(days).to_pylist():
+            part = data.filter(pc.equal(days, pa.scalar(day, pa.date32())))
+            path = self._part_path(table, day, writer, next(seq))
+            _atomic_write(part, path)
+            paths.append(path)
+        return paths
+
+    def _part_path(self, table: str, day: date, writer: str, n: int) -> Path:
+        return self.table_dir(table) / f"date={day.isoformat()}" / f"part-{writer}-{n:06d}.parquet"
+
+
+def _atomic_write(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)

@@ -1,0 +1,140 @@
+"""Strict YAML configuration: pydantic models, every error with file and line.
+
+Errors are collected, not raised one by one, and each names the file, the
+line, the key, what was found and what was expected, in the manner of
+Prometheus's rule loader:
+
+>>> from pydantic import BaseModel, ConfigDict
+>>> class M(BaseModel):
+...     model_config = ConfigDict(extra="forbid")
+...     window: Duration
+>>> import tempfile, pathlib
+>>> p = pathlib.Path(tempfile.mkdtemp()) / "m.yaml"
+>>> _ = p.write_text("window: 5 parsecs\\nspeed: 3\\n")
+>>> try:
+...     load_model(p, M)
+... except ConfigError as e:
+...     print(str(e).replace(str(p), "m.yaml"))
+m.yaml: 2 errors
+  m.yaml:1: window: got '5 parsecs', expected a duration such as 30s, 5m, 1h or 1d
+  m.yaml:2: speed: unknown key
+>>> parse_duration("1h30m")
+datetime.timedelta(seconds=5400)
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ValidationError
+
+__all__ = ["ConfigError", "Duration", "load_model", "parse_duration", "validate_data"]
+
+M = TypeVar("M", bound=BaseModel)
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^(?:\d+(?:ms|s|m|h|d))+$")
+
+
+class ConfigError(ValueError):
+    """A configuration that can't be used; ``problems`` lists each one."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        n = len(problems)
+        head = f"{source}: {n} error{'s' if n != 1 else ''}"
+        super().__init__("\n  ".join([head, *problems]))
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Parse ``30s``, ``5m``, ``1h30m``, ``1d`` (or a timedelta) into a timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    text = str(value).strip()
+    if not isinstance(value, str) or not _DURATION.match(text):
+        raise ValueError("expected a duration such as 30s, 5m, 1h or 1d")
+    seconds = sum(int(n) * _UNITS[u] for n, u in re.findall(r"(\d+)(ms|s|m|h|d)", text))
+    if seconds <= 0:
+        raise ValueError("expected a positive duration")
+    return timedelta(seconds=seconds)
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A safe loader that remembers the line of every mapping key and list item."""
+
+
+def _lines(node: yaml.Node, path: tuple, out: dict[tuple, int]) -> None:
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = (*path, k.value)
+            out[key] = k.start_mark.line + 1
+            _lines(v, key, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _lines(item, (*path, i), out)
+
+
+def _line_of(loc: tuple, lines: dict[tuple, int]) -> int | None:
+    loc = tuple(loc)
+    while loc and loc not in lines:
+        loc = loc[:-1]
+    return lines.get(loc)
+
+
+def _describe(err: dict) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if err["type"] == "missing":
+        return "missing key"
+    msg = err["msg"].removeprefix("Value error, ")
+    if not msg.startswith("expected"):
+        msg = f"expected {msg[0].lower()}{msg[1:]}" if msg else "expected a valid value"
+    return f"got {err.get('input')!r}, {msg}"
+
+
+def validate_data(
+    data: Any, model: type[M], source: str, lines: dict | None = None, context: dict | None = None
+) -> M:
+    """Validate ``data`` into ``model``; raise :class:`ConfigError` listing every problem."""
+    try:
+        return model.model_validate(data, context=context)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(
+                p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))
+            )
+            line = _line_of(loc, lines or {})
+            where = f"{source}:{line}" if line else source
+            key = ".".join(str(p) for p in loc) or "(top level)"
+            problems.append(f"{where}: {key}: {_describe(err)}")
+        raise ConfigError(source, problems) from None
+
+
+def load_model(path: Path | str, model: type[M], context: dict | None = None) -> M:
+    """Load a YAML file into ``model``, with line numbers in every error."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [f"{path}: cannot read: {exc.strerror}"]) from None
+    try:
+        node = yaml.compose(text, Loader=_LineLoader)
+        data = yaml.load(text, Loader=_LineLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(str(path), [f"{where}: not valid YAML: {exc}"]) from None
+    lines: dict[tuple, int] = {}
+    if node is not None:
+        _lines(node, (), lines)
+    return validate_data(data if data is not None else {}, model, str(path), lines, context)

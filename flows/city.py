@@ -1,0 +1,223 @@
+"""The city flow: raw wire batches to indicator values, breaches and dead letters.
+
+Read it top to bottom; after each step a comment gives the shape of its items.
+All logic lives in ``schemas``, ``indicators`` and ``thresholds``; this module
+only wires it into Bytewax. ``python -m bytewax.run flows.city`` runs it on the
+JSON-lines file named by ``CITYVITALS_INPUT`` into ``CITYVITALS_OUT``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import bytewax.operators as op
+import polars as pl
+import pyarrow as pa
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import FixedPartitionedSource
+from bytewax.operators import StatefulLogic
+
+from cityvitals.lake import Lake
+from flows.config import PipelineConfig
+from flows.sinks import ParquetSink
+from indicators.aggregate import partials, split_by_shard, ts_us
+from indicators.definitions import Catalog, load_catalog
+from indicators.watermark import PartitionClock
+from indicators.windows import WindowStore
+from schemas.decode import Decoded, Decoder, RawBatch, dead_letters
+from schemas.families import BREACHES, DEAD_LETTERS, INDICATOR_VALUES, INGEST_BATCHES
+from thresholds.evaluate import Evaluator
+from thresholds.rules import RuleSet, load_rules
+
+__all__ = ["Ingested", "ShardItem", "build"]
+
+
+@dataclass(slots=True)
+class Ingested:
+    """One decoded batch after the lateness check, with its partials per shard."""
+
+    decoded: Decoded
+    dead: pl.DataFrame
+    shard_parts: list[dict[str, pl.DataFrame]]
+    watermark_us: int | None
+    max_event_us: int | None
+
+
+@dataclass(slots=True)
+class ShardItem:
+    """What one shard's window state receives from one batch."""
+
+    partition: str
+    parts: dict[str, pl.DataFrame]
+    watermark_us: int | None
+    max_event_us: int | None
+
+
+class _Ingest:
+    """Decode, set late events aside, and pre-aggregate: one partition's step."""
+
+    def __init__(self, decoder: Decoder, catalog: Catalog, config: PipelineConfig) -> None:
+        self.decoder = decoder
+        self.catalog = catalog
+        self.config = config
+
+    def __call__(self, clock: PartitionClock | None, batch: RawBatch):
+        clock = clock or PartitionClock(self.config.allowed_lateness)
+        decoded = self.decoder.decode(batch)
+        late_rows = []
+        for family, frame in list(decoded.frames.items()):
+            late = clock.late_mask(frame.select(ts_us())["ts"])
+            if late.any():
+                late_rows.append(frame.filter(late))
+                decoded.frames[family] = frame.filter(~late)
+        dead = decoded.dead
+        if late_rows:
+            dead = pl.concat([dead, self._late_letters(decoded, late_rows, clock)]).sort("offset")
+        valid_max = [f["ts"].max() for f in decoded.frames.values() if f.height]
+        clock.observe(int(max(valid_max).timestamp() * 1_000_000) if valid_max else None)
+        parts = split_by_shard(partials(self.catalog, decoded.frames), self.config.shards)
+        return clock, Ingested(decoded, dead, parts, clock.watermark_us, clock.max_event_us)
+
+    def _late_letters(self, decoded: Decoded, late_rows, clock: PartitionClock) -> pl.DataFrame:
+        wm = datetime.fromtimestamp(clock.watermark_us / 1e6, UTC).isoformat()
+        rows = pl.concat([f.select("_offset", "ts") for f in late_rows])
+        rows = rows.select(
+            (pl.col("_offset") - decoded.first_offset).alias("_row"),
+            pl.lit("late_event").alias("reason"),
+            pl.format(
+                "event time {} is behind the watermark {} (allowed lateness {})",
+                pl.col("ts").dt.to_string("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                pl.lit(wm),
+                pl.lit(str(self.config.allowed_lateness)),
+            ).alias("detail"),
+        )
+        return dead_letters(decoded, rows, self.decoder.now())
+
+
+class _Windows(StatefulLogic[ShardItem, pl.DataFrame, WindowStore]):
+    """Bytewax glue around one shard's :class:`WindowStore`."""
+
+    def __init__(self, store: WindowStore) -> None:
+        self.store = store
+
+    def on_item(self, value: ShardItem):
+        self.store.add(value.parts)
+        out = self.store.advance(value.partition, value.watermark_us, value.max_event_us)
+        return ([out] if out.height else []), StatefulLogic.RETAIN
+
+    def on_eof(self):
+        out = self.store.flush()
+        return ([out] if out.height else []), StatefulLogic.RETAIN
+
+    def snapshot(self) -> WindowStore:
+        return self.store
+
+
+def _to_shards(item: tuple[str, Ingested]) -> list[tuple[str, ShardItem]]:
+    partition, ing = item
+    return [
+        (str(i), ShardItem(partition, parts, ing.watermark_us, ing.max_event_us))
+        for i, parts in enumerate(ing.shard_parts)
+    ]
+
+
+def _accounting(item: tuple[str, Ingested]) -> pa.Table:
+    _, ing = item
+    d = ing.decoded
+    max_ts = max((f["ts"].max() for f in d.frames.values() if f.height), default=None)
+    return pa.Table.from_pylist(
+        [
+            {
+                "processed_at": datetime.now(UTC),
+                "source": d.source,
+                "partition": d.partition,
+                "first_offset": d.first_offset,
+                "events_in": d.events_in,
+                "valid": d.valid,
+                "dead_letters": ing.dead.height,
+                "max_event_ts": max_ts,
+            }
+        ],
+        schema=INGEST_BATCHES,
+    )
+
+
+def _arrow(frame: pl.DataFrame, schema: pa.Schema) -> pa.Table:
+    return frame.select(schema.names).to_arrow().cast(schema)
+
+
+def build(
+    source: FixedPartitionedSource,
+    config: PipelineConfig,
+    catalog: Catalog | None = None,
+    rules: RuleSet | None = None,
+    decoder: Decoder | None = None,
+) -> Dataflow:
+    """The city dataflow over ``source``, writing into ``config.out``."""
+    catalog = catalog or load_catalog(config.catalog)
+    rules = rules or load_rules(config.rules, catalog)
+    decoder = decoder or Decoder(max_future=config.max_future, max_age=config.max_age)
+    lake = Lake(config.out)
+    lake.create()
+    partitions = source.list_parts()
+
+    def sink(table: str) -> ParquetSink:
+        return ParquetSink(lake, table, config.flush_rows, config.flush_interval)
+
+    def evaluate(ev: Evaluator | None, values: pl.DataFrame):
+        ev = ev or Evaluator(rules)
+        return ev, ev.evaluate(values, now=datetime.now(UTC))
+
+    flow = Dataflow("cityvitals")
+    raw = op.input("read", flow, source)
+    # RawBatch: lines of one source partition
+    keyed = op.key_on("by_partition", raw, lambda b: b.source)
+    # (partition, RawBatch)
+    ingested = op.stateful_map("ingest", keyed, _Ingest(decoder, catalog, config))
+    # (partition, Ingested): valid frames, dead letters, partials per shard, watermark
+    dead = op.filter_map(
+        "dead_table",
+        ingested,
+        lambda kv: _arrow(kv[1].dead, DEAD_LETTERS) if kv[1].dead.height else None,
+    )
+    # pa.Table of dead letters
+    op.output("dead_letters_out", dead, sink("dead_letters"))
+    accounting = op.map("accounting", ingested, _accounting)
+    # pa.Table: one row per batch, events_in = valid + dead_letters
+    op.output("ingest_out", accounting, sink("ingest_batches"))
+    sharded = op.flat_map("to_shards", ingested, _to_shards)
+    # (shard, ShardItem)
+    values = op.stateful(
+        "windows", sharded, lambda resume: _Windows(resume or WindowStore(catalog, partitions))
+    )
+    # (shard, pl.DataFrame of indicator values for windows just closed)
+    graded = op.stateful_map("thresholds", values, evaluate)
+    # (shard, (values with level, [breach state changes]))
+    value_tables = op.map("value_table", graded, lambda kv: _arrow(kv[1][0], INDICATOR_VALUES))
+    # pa.Table of indicator values
+    op.output("indicator_values_out", value_tables, sink("indicator_values"))
+    breach_tables = op.filter_map(
+        "breach_table",
+        graded,
+        lambda kv: pa.Table.from_pylist(kv[1][1], schema=BREACHES) if kv[1][1] else None,
+    )
+    # pa.Table of breach state changes
+    op.output("breaches_out", breach_tables, sink("breaches"))
+    return flow
+
+
+def __getattr__(name: str):
+    """``flows.city.flow`` for ``python -m bytewax.run``, built from the environment."""
+    if name != "flow":
+        raise AttributeError(name)
+    from flows.sources import JsonLinesSource
+
+    path = os.environ.get("CITYVITALS_INPUT")
+    if not path:
+        raise RuntimeError("CITYVITALS_INPUT must name a JSON-lines file to run flows.city")
+    config = PipelineConfig.from_mapping(
+        {"out": os.environ.get("CITYVITALS_OUT", "data")}, source="environment"
+    )
+    return build(JsonLinesSource(path, config.batch_size), config)
