@@ -8,7 +8,6 @@ regenerates the JSON Schemas.
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import click
 import orjson
 
-from cityvitals.lake import DB_NAME, Lake
+from cityvitals.lake import Lake
 from cityvitals.yamlconf import ConfigError
 
 __all__ = ["main"]
@@ -60,8 +59,7 @@ def _fresh_out(out: Path, overwrite: bool) -> None:
                 f"{out} already holds a lake; pass --overwrite to replace it, "
                 "or choose another --out"
             )
-        shutil.rmtree(out / "lake")
-        (out / DB_NAME).unlink(missing_ok=True)
+        lake.clear()
 
 
 @click.group()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 from datetime import date
 from pathlib import Path
 
@@ -90,29 +91,36 @@ class Lake:
         self._create_views()
 
     def _create_views(self) -> None:
-        statements = [
-            f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet("
-            f"'{self.glob(table)}', union_by_name = true)"
-            for table in OUTPUT_TABLES
-        ]
+        """Write the views into a new file and rename it over the old one.
+
+        Readers never wait: a session already open keeps the file it opened,
+        a new one gets the new file, and nobody ever sees the write lock.
+        """
+        if self._views_current():
+            return
+        tmp = self.db_path.with_name(f".{DB_NAME}.tmp")
+        tmp.unlink(missing_ok=True)
+        con = duckdb.connect(str(tmp))
         try:
-            con = duckdb.connect(str(self.db_path))
-        except duckdb.IOException as exc:
-            # Someone holds the file (an analyst's read-only session): fine if the
-            # views are already the ones we would write.
-            if self._views_current():
-                return
-            raise LakeError(
-                f"cannot write the views into {self.db_path}: {exc}. Close other sessions "
-                "on it once, or point --out at a new directory."
-            ) from exc
-        try:
-            for sql in statements:
-                con.execute(sql)
+            for table in OUTPUT_TABLES:
+                con.execute(
+                    f"CREATE VIEW {table} AS SELECT * FROM read_parquet("
+                    f"'{self.glob(table)}', union_by_name = true)"
+                )
+            con.execute("CHECKPOINT")
         finally:
             con.close()
+        os.replace(tmp, self.db_path)
+
+    def clear(self) -> None:
+        """Remove every data file, keeping the schema files and views valid throughout."""
+        for table in OUTPUT_TABLES:
+            for day in self.table_dir(table).glob("date=*"):
+                shutil.rmtree(day)
 
     def _views_current(self) -> bool:
+        if not self.db_path.exists():
+            return False
         try:
             con = duckdb.connect(str(self.db_path), read_only=True)
         except duckdb.Error:

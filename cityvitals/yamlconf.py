@@ -98,26 +98,41 @@ def _describe(err: dict) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     if not msg.startswith("expected"):
         msg = f"expected {msg[0].lower()}{msg[1:]}" if msg else "expected a valid value"
-    return f"got {err.get('input')!r}, {msg}"
+    got = err.get("input")
+    if isinstance(got, dict | list):  # a whole entry: its key and line say which
+        return msg
+    return f"got {got!r}, {msg}"
+
+
+def _where(loc: tuple, source: str, lines: dict | None) -> str:
+    line = _line_of(loc, lines or {})
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    return f"{source}:{line}: {key}" if line else f"{source}: {key}"
 
 
 def validate_data(
     data: Any, model: type[M], source: str, lines: dict | None = None, context: dict | None = None
 ) -> M:
-    """Validate ``data`` into ``model``; raise :class:`ConfigError` listing every problem."""
+    """Validate ``data`` into ``model``; raise :class:`ConfigError` listing every problem.
+
+    A model may define ``problems(context) -> [(loc, message)]`` for checks that
+    span entries (duplicate ids, coverage); they are reported at their entry.
+    """
     try:
-        return model.model_validate(data, context=context)
+        value = model.model_validate(data, context=context)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             loc = tuple(
                 p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))
             )
-            line = _line_of(loc, lines or {})
-            where = f"{source}:{line}" if line else source
-            key = ".".join(str(p) for p in loc) or "(top level)"
-            problems.append(f"{where}: {key}: {_describe(err)}")
+            problems.append(f"{_where(loc, source, lines)}: {_describe(err)}")
         raise ConfigError(source, problems) from None
+    checks = getattr(value, "problems", None)
+    found = checks(context or {}) if checks else []
+    if found:
+        raise ConfigError(source, [f"{_where(loc, source, lines)}: {msg}" for loc, msg in found])
+    return value
 
 
 def load_model(path: Path | str, model: type[M], context: dict | None = None) -> M:

@@ -85,13 +85,20 @@ class Catalog(_Strict):
 
     indicators: list[IndicatorDef] = Field(min_length=1)
 
-    @model_validator(mode="after")
-    def _unique_ids(self) -> Catalog:
-        seen: set[str] = set()
-        dupes = [d.id for d in self.indicators if d.id in seen or seen.add(d.id)]
-        if dupes:
-            raise ValueError(f"expected unique indicator ids, {dupes} repeat")
-        return self
+    def problems(self, context: dict) -> list[tuple[tuple, str]]:
+        """Checks across entries, each reported at the entry that breaks it."""
+        first: dict[str, int] = {}
+        found = []
+        for i, d in enumerate(self.indicators):
+            if d.id in first:
+                found.append(
+                    (
+                        ("indicators", i, "id"),
+                        f"got '{d.id}', expected a unique id (entry {first[d.id]} has it)",
+                    )
+                )
+            first.setdefault(d.id, i)
+        return found
 
     def __getitem__(self, indicator_id: str) -> IndicatorDef:
         for d in self.indicators:

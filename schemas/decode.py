@@ -84,6 +84,7 @@ for _schema in INPUT_FAMILIES.values():
         _WIRE.setdefault(_fld.name, _wire_dtype(_fld))
 
 _TS_FORMAT = "%Y-%m-%dT%H:%M:%S%.fZ"
+_TS_OFFSET_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%z"
 _DEAD_POLARS = polars_schema(DEAD_LETTERS)
 
 
@@ -117,19 +118,17 @@ class Decoder:
         if not lines:
             return []
         buf = b"\n".join(lines)
-        if buf.count(b"\n") == len(lines) - 1:
-            try:
-                df = pl.read_ndjson(io.BytesIO(buf), schema=_WIRE)
-            except (pl.exceptions.PolarsError, ValueError) as exc:
-                df, err = None, str(exc)
-            else:
-                err = "blank line"
-                if df.height != len(lines):
-                    df = None
-            if df is not None:
-                return [df.with_columns(pl.int_range(base, base + len(lines)).alias("_row"))]
-        else:
-            err = "line contains a raw newline"
+        if buf.count(b"\n") != len(lines) - 1:
+            # Raw newlines can only be whitespace in valid JSON (strings can't hold them).
+            lines = [_one_line(line) for line in lines]
+            buf = b"\n".join(lines)
+        err = "blank line"
+        try:
+            df = pl.read_ndjson(io.BytesIO(buf), schema=_WIRE)
+        except (pl.exceptions.PolarsError, ValueError) as exc:
+            df, err = None, str(exc)
+        if df is not None and df.height == len(lines):
+            return [df.with_columns(pl.int_range(base, base + len(lines)).alias("_row"))]
         if len(lines) == 1:
             bad.append((base, *_classify(lines[0], err)))
             return []
@@ -156,15 +155,6 @@ class Decoder:
                             mine & pl.col(f.name).is_null(),
                             "missing_field",
                             f"field '{f.name}' is missing",
-                        )
-                    )
-                if f.type == pa.string():
-                    looks_nested = pl.col(f.name).str.contains(r"^\s*[\[{]")
-                    cases.append(
-                        (
-                            mine & looks_nested,
-                            "mistyped_field",
-                            f"field '{f.name}' must be a string",
                         )
                     )
                 allowed = _enum(f)
@@ -237,10 +227,19 @@ class Decoder:
             )
             df = df.with_columns(_ts=fast)
             if df["_ts"].null_count() > df["ts"].null_count():
-                slow = pl.col("ts").str.to_datetime(strict=False, time_zone="UTC", time_unit="us")
+                # Other RFC 3339 forms: an explicit offset, or a space for the 'T'.
+                slow = (
+                    pl.col("ts")
+                    .str.replace(r"[Zz]$", "+00:00")
+                    .str.replace(r"^(\d{4}-\d{2}-\d{2})[ tT]", "${1}T")
+                    .str.to_datetime(
+                        _TS_OFFSET_FORMAT, strict=False, time_zone="UTC", time_unit="us"
+                    )
+                )
                 df = df.with_columns(_ts=pl.coalesce(pl.col("_ts"), slow))
             reason, detail = self._checks()
             df = df.with_columns(_reason=reason, _detail=detail)
+            df = _confirm_nested(df, batch.lines)
             rejected = df.filter(pl.col("_reason").is_not_null())
             if rejected.height:
                 dead_rows = pl.concat(
@@ -288,6 +287,42 @@ def dead_letters(batch: RawBatch | Decoded, rows: pl.DataFrame, now: datetime) -
     )
 
 
+_STRING_FIELDS = sorted(
+    {f.name for schema in INPUT_FAMILIES.values() for f in schema if f.type == pa.string()}
+)
+
+
+def _confirm_nested(df: pl.DataFrame, lines: Sequence[bytes]) -> pl.DataFrame:
+    """Reject rows where the parser turned a JSON object or array into a string.
+
+    Only rows with a string field starting with ``[`` or ``{`` (rare) are
+    looked at, by re-reading their original line.
+    """
+    suspect = pl.any_horizontal(
+        pl.col(c).str.starts_with("[") | pl.col(c).str.starts_with("{") for c in _STRING_FIELDS
+    )
+    rows = df.filter(suspect.fill_null(False) & pl.col("_reason").is_null())["_row"].to_list()
+    found = {}
+    for i in rows:
+        problem = _mistyped(orjson.loads(_one_line(lines[i])))
+        if problem:
+            found[i] = problem
+    if not found:
+        return df
+    hit = pl.col("_row").is_in(list(found))
+    text = pl.col("_row").replace_strict(found, default=None, return_dtype=pl.String)
+    return df.with_columns(
+        _reason=pl.when(hit).then(pl.lit("mistyped_field")).otherwise(pl.col("_reason")),
+        _detail=pl.when(hit).then(text).otherwise(pl.col("_detail")),
+    )
+
+
+def _one_line(line: bytes) -> bytes:
+    if b"\n" in line or b"\r" in line:
+        return line.replace(b"\r", b" ").replace(b"\n", b" ")
+    return line
+
+
 def _classify(line: bytes, parser_error: str) -> tuple[str, str]:
     """Why the batch parser rejected this one line: (reason, detail)."""
     if not line.strip():
@@ -301,21 +336,24 @@ def _classify(line: bytes, parser_error: str) -> tuple[str, str]:
         return "malformed_json", msg
     if not isinstance(obj, dict):
         return "not_an_object", f"expected a JSON object, got {type(obj).__name__}"
+    problem = _mistyped(obj)
+    if problem:
+        return "mistyped_field", problem
+    return "mistyped_field", parser_error[:200]
+
+
+def _mistyped(obj: dict) -> str | None:
+    """The first field of ``obj`` whose JSON type its family's schema does not allow."""
     family = obj.get("family")
     schema = INPUT_FAMILIES.get(family) if isinstance(family, str) else None
-    if schema is not None:
-        for f in schema:
-            value = obj.get(f.name)
-            if value is None:
-                continue
-            if not _json_type_ok(f.type, value):
-                expected = _json_type_name(f.type)
-                got = type(value).__name__
-                return (
-                    "mistyped_field",
-                    f"field '{f.name}' is {got} {value!r:.40}, expected {expected}",
-                )
-    return "mistyped_field", parser_error[:200]
+    if schema is None:
+        return None
+    for f in schema:
+        value = obj.get(f.name)
+        if value is not None and not _json_type_ok(f.type, value):
+            got = type(value).__name__
+            return f"field '{f.name}' is {got} {value!r:.40}, expected {_json_type_name(f.type)}"
+    return None
 
 
 def _json_type_ok(t: pa.DataType, value: object) -> bool:
