@@ -37,7 +37,9 @@ class PipelineConfig(BaseModel):
         default=timedelta(seconds=30),
         description="How far behind the latest event time an event may arrive and still count.",
     )
-    shards: int = Field(default=8, ge=1, le=4096, description="Keyed state shards.")
+    shards: int = Field(
+        default=4, ge=1, le=4096, description="Keyed state shards; at least the total worker count."
+    )
     flush_rows: int = Field(default=200_000, ge=1, description="Rows buffered per sink file.")
     flush_interval: Duration = Field(
         default=timedelta(seconds=2), description="Longest wait before buffered rows are written."

@@ -69,9 +69,13 @@ class _Columns:
     def __init__(self, d: IndicatorDef) -> None:
         self.d = d
         self._parts: list[pl.DataFrame] = []
+        self._first: int | None = None  # earliest open window start
 
     def add(self, part: pl.DataFrame) -> None:
         self._parts.append(part)
+        first = part["window_start"].min()
+        if self._first is None or first < self._first:
+            self._first = first
         if len(self._parts) >= _COMPACT_AFTER:
             self._parts = [self._merged()]
 
@@ -91,6 +95,8 @@ class _Columns:
         """Finish the windows ending at or before ``until_us`` (all of them on None)."""
         if not self._parts:
             return None
+        if until_us is not None and self._first + self.d.window_us > until_us:
+            return None  # no window ends yet: skip the merge
         df = self._merged()
         done_mask = (
             pl.lit(True)
@@ -100,6 +106,7 @@ class _Columns:
         done = df.filter(done_mask)
         rest = df.filter(~done_mask)
         self._parts = [rest] if rest.height else []
+        self._first = rest["window_start"].min() if rest.height else None
         if not done.height:
             return None
         agg = self.d.aggregation
