@@ -1097,45 +1097,29 @@ class _City:
         info = map(self.info.__getitem__, rd["dev"][idx].tolist())
         names = [_METRICS[c] for c in rd["metric"][idx].tolist()]
         values = rd["value"][idx].tolist()
-        if with_cap:
-            caps = map(self.site_cap.__getitem__, self.dev_site[rd["dev"][idx]].tolist())
-            return _compact(
-                [
-                    dumps(
-                        {
-                            "family": "reading",
-                            "ts": t,
-                            "device_id": d[0],
-                            "device_type": d[1],
-                            "metric": name,
-                            "value": v,
-                            "site_id": d[2],
-                            "grid_id": d[3],
-                            "district_id": DISTRICT_ID,
-                            "capacity": cap,
-                        }
-                    )
-                    for t, d, name, v, cap in zip(stamps, info, names, values, caps, strict=True)
-                ]
-            )
-        return _compact(
-            [
-                dumps(
-                    {
-                        "family": "reading",
-                        "ts": t,
-                        "device_id": d[0],
-                        "device_type": d[1],
-                        "metric": name,
-                        "value": v,
-                        "site_id": d[2],
-                        "grid_id": d[3],
-                        "district_id": DISTRICT_ID,
-                    }
-                )
-                for t, d, name, v in zip(stamps, info, names, values, strict=True)
-            ]
+        n = len(values)
+        caps = (
+            map(self.site_cap.__getitem__, self.dev_site[rd["dev"][idx]].tolist())
+            if with_cap
+            else [None] * n
         )
+        out = []
+        for t, d, name, v, cap in zip(stamps, info, names, values, caps, strict=True):
+            obj = {
+                "family": "reading",
+                "ts": t,
+                "device_id": d[0],
+                "device_type": d[1],
+                "metric": name,
+                "value": v,
+                "site_id": d[2],
+                "grid_id": d[3],
+                "district_id": DISTRICT_ID,
+            }
+            if cap is not None:
+                obj["capacity"] = cap
+            out.append(dumps(obj))
+        return _compact(out)
 
     def _heartbeats(
         self, hb: _Table, idx: np.ndarray, stamps: list[str], with_battery: bool

@@ -8,8 +8,8 @@ import sys
 
 import orjson
 import polars as pl
-from polars.testing import assert_frame_equal
 from bytewax.testing import run_main
+from polars.testing import assert_frame_equal
 
 from cityvitals.lake import Lake
 from cityvitals.simulate import Scenario, write_jsonl

@@ -18,6 +18,7 @@ import pytest
 from cityvitals.yamlconf import ConfigError
 from indicators.definitions import DEFAULT_CATALOG, IndicatorDef, load_catalog
 from schemas.families import INPUT_FAMILIES
+from tests.config_fixtures import assert_problems_match, expectations
 
 FIXTURES = Path(__file__).with_name("fixtures")
 BAD = sorted(FIXTURES.glob("*.bad.yaml"))
@@ -32,15 +33,6 @@ REQUIRED_IDS = {
     "flood.water_level",
     "workorder.overdue",
 }
-
-
-def expectations(path: Path) -> list[tuple[int, str, list[str]]]:
-    out = []
-    for text in path.read_text(encoding="utf-8").splitlines():
-        if text.startswith("# expect:"):
-            line, key, *fragments = (p.strip() for p in text.removeprefix("# expect:").split("|"))
-            out.append((int(line), key, fragments))
-    return out
 
 
 def base_def(**changes) -> dict:
@@ -98,18 +90,7 @@ def test_every_fixture_declares_its_expectations():
 def test_bad_catalogue_lists_every_problem_with_file_line_and_key(path):
     with pytest.raises(ConfigError) as info:
         load_catalog(path)
-    err = info.value
-    message = str(err)
-    expected = expectations(path)
-    assert message.startswith(f"{path}: {len(expected)} error")
-    assert len(err.problems) == len(expected), message
-    for line, key, fragments in expected:
-        where = f"{path.name}:{line}: {key}"
-        matching = [p for p in err.problems if where in p]
-        assert matching, f"no problem at {where!r} in:\n{message}"
-        for fragment in fragments:
-            assert any(fragment in p for p in matching), f"{fragment!r} not in {matching}"
-        assert all(p in message for p in matching)
+    assert_problems_match(info.value, path)
 
 
 def test_unreadable_file_is_a_config_error(tmp_path):

@@ -15,6 +15,7 @@ import yaml
 
 from cityvitals.yamlconf import ConfigError
 from indicators.definitions import load_catalog
+from tests.config_fixtures import assert_problems_match, expectations
 from thresholds.rules import DEFAULT_RULES, LEVELS, Rule, load_rules
 
 FIXTURES = Path(__file__).with_name("fixtures")
@@ -24,15 +25,6 @@ BAD = sorted(FIXTURES.glob("*.bad.yaml"))
 @pytest.fixture(scope="module")
 def small_catalog():
     return load_catalog(FIXTURES / "catalog.small.yaml")
-
-
-def expectations(path: Path) -> list[tuple[int, str, list[str]]]:
-    out = []
-    for text in path.read_text(encoding="utf-8").splitlines():
-        if text.startswith("# expect:"):
-            line, key, *fragments = (p.strip() for p in text.removeprefix("# expect:").split("|"))
-            out.append((int(line), key, fragments))
-    return out
 
 
 def rule(direction: str = "above", /, **changes) -> Rule:
@@ -104,17 +96,7 @@ def test_every_fixture_declares_its_expectations():
 def test_bad_rules_list_every_problem_with_file_line_and_key(path, small_catalog):
     with pytest.raises(ConfigError) as info:
         load_rules(path, catalog=small_catalog)
-    err = info.value
-    message = str(err)
-    expected = expectations(path)
-    assert message.startswith(f"{path}: {len(expected)} error")
-    assert len(err.problems) == len(expected), message
-    for line, key, fragments in expected:
-        where = f"{path.name}:{line}: {key}"
-        matching = [p for p in err.problems if where in p]
-        assert matching, f"no problem at {where!r} in:\n{message}"
-        for fragment in fragments:
-            assert any(fragment in p for p in matching), f"{fragment!r} not in {matching}"
+    assert_problems_match(info.value, path)
 
 
 def test_levels_are_reordered_mild_to_grave_whatever_the_file_order(tmp_path, small_catalog):
