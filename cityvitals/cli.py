@@ -112,7 +112,10 @@ def demo(minutes: int, devices: int, seed: int, out: Path) -> None:
             f"peak {r['peak_severity']:<7} (expected {r['expected_severity']}) {delay}"
         )
     click.echo(f"\nDuckDB: {lake.db_path}  (open it read-only, even while a run is writing)")
-    click.echo(f'  duckdb -readonly {lake.db_path} "{EXAMPLE_QUERY}"')
+    click.echo(
+        f"  python -c \"import duckdb; duckdb.connect('{lake.db_path}', read_only=True)"
+        f".sql('{EXAMPLE_QUERY}').show()\""
+    )
 
 
 @main.command()
