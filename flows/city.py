@@ -75,8 +75,9 @@ class _Ingest:
         dead = decoded.dead
         if late_rows:
             dead = pl.concat([dead, self._late_letters(decoded, late_rows, clock)]).sort("offset")
-        valid_max = [f["ts"].max() for f in decoded.frames.values() if f.height]
-        clock.observe(int(max(valid_max).timestamp() * 1_000_000) if valid_max else None)
+        # Late rows are behind the watermark, so they never move it: the batch max will do.
+        latest = decoded.max_event_ts
+        clock.observe(int(latest.timestamp() * 1_000_000) if latest else None)
         parts = split_by_shard(partials(self.catalog, decoded.frames), self.config.shards)
         return clock, Ingested(decoded, dead, parts, clock.watermark_us, clock.max_event_us)
 
@@ -126,7 +127,6 @@ def _to_shards(item: tuple[str, Ingested]) -> list[tuple[str, ShardItem]]:
 def _accounting(item: tuple[str, Ingested]) -> pa.Table:
     _, ing = item
     d = ing.decoded
-    max_ts = max((f["ts"].max() for f in d.frames.values() if f.height), default=None)
     return pa.Table.from_pylist(
         [
             {
@@ -137,7 +137,7 @@ def _accounting(item: tuple[str, Ingested]) -> pa.Table:
                 "events_in": d.events_in,
                 "valid": d.valid,
                 "dead_letters": ing.dead.height,
-                "max_event_ts": max_ts,
+                "max_event_ts": d.max_event_ts,
             }
         ],
         schema=INGEST_BATCHES,
