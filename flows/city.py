@@ -22,11 +22,11 @@ from bytewax.operators import StatefulLogic
 from cityvitals.lake import Lake
 from flows.config import PipelineConfig
 from flows.sinks import ParquetSink
-from indicators.aggregate import partials, split_by_shard, ts_us
+from indicators.aggregate import partials, split_by_shard
 from indicators.definitions import Catalog, load_catalog
 from indicators.watermark import PartitionClock
 from indicators.windows import WindowStore
-from schemas.decode import Decoded, Decoder, RawBatch, dead_letters
+from schemas.decode import Decoded, Decoder, RawBatch
 from schemas.families import BREACHES, DEAD_LETTERS, INDICATOR_VALUES, INGEST_BATCHES
 from thresholds.evaluate import Evaluator
 from thresholds.rules import RuleSet, load_rules
@@ -39,7 +39,6 @@ class Ingested:
     """One decoded batch after the lateness check, with its partials per shard."""
 
     decoded: Decoded
-    dead: pl.DataFrame
     shard_parts: list[dict[str, pl.DataFrame]]
     watermark_us: int | None
     max_event_us: int | None
@@ -65,36 +64,9 @@ class _Ingest:
 
     def __call__(self, clock: PartitionClock | None, batch: RawBatch):
         clock = clock or PartitionClock(self.config.allowed_lateness)
-        decoded = self.decoder.decode(batch)
-        late_rows = []
-        for family, frame in list(decoded.frames.items()):
-            late = clock.late_mask(frame.select(ts_us())["ts"])
-            if late.any():
-                late_rows.append(frame.filter(late))
-                decoded.frames[family] = frame.filter(~late)
-        dead = decoded.dead
-        if late_rows:
-            dead = pl.concat([dead, self._late_letters(decoded, late_rows, clock)]).sort("offset")
-        # Late rows are behind the watermark, so they never move it: the batch max will do.
-        latest = decoded.max_event_ts
-        clock.observe(int(latest.timestamp() * 1_000_000) if latest else None)
+        decoded = clock.set_aside_late(self.decoder.decode(batch), self.decoder.now())
         parts = split_by_shard(partials(self.catalog, decoded.frames), self.config.shards)
-        return clock, Ingested(decoded, dead, parts, clock.watermark_us, clock.max_event_us)
-
-    def _late_letters(self, decoded: Decoded, late_rows, clock: PartitionClock) -> pl.DataFrame:
-        wm = datetime.fromtimestamp(clock.watermark_us / 1e6, UTC).isoformat()
-        rows = pl.concat([f.select("_offset", "ts") for f in late_rows])
-        rows = rows.select(
-            (pl.col("_offset") - decoded.first_offset).alias("_row"),
-            pl.lit("late_event").alias("reason"),
-            pl.format(
-                "event time {} is behind the watermark {} (allowed lateness {})",
-                pl.col("ts").dt.to_string("%Y-%m-%dT%H:%M:%S%.3fZ"),
-                pl.lit(wm),
-                pl.lit(str(self.config.allowed_lateness)),
-            ).alias("detail"),
-        )
-        return dead_letters(decoded, rows, self.decoder.now())
+        return clock, Ingested(decoded, parts, clock.watermark_us, clock.max_event_us)
 
 
 class _Windows(StatefulLogic[ShardItem, pl.DataFrame, WindowStore]):
@@ -136,7 +108,7 @@ def _accounting(item: tuple[str, Ingested]) -> pa.Table:
                 "first_offset": d.first_offset,
                 "events_in": d.events_in,
                 "valid": d.valid,
-                "dead_letters": ing.dead.height,
+                "dead_letters": d.dead.height,
                 "max_event_ts": d.max_event_ts,
             }
         ],
@@ -180,7 +152,7 @@ def build(
     dead = op.filter_map(
         "dead_table",
         ingested,
-        lambda kv: _arrow(kv[1].dead, DEAD_LETTERS) if kv[1].dead.height else None,
+        lambda kv: _arrow(d, DEAD_LETTERS) if (d := kv[1].decoded.dead).height else None,
     )
     # pa.Table of dead letters
     op.output("dead_letters_out", dead, sink("dead_letters"))

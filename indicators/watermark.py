@@ -21,9 +21,11 @@ True
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import polars as pl
+
+from schemas.decode import Decoded, dead_letters
 
 __all__ = ["PartitionClock"]
 
@@ -58,3 +60,34 @@ class PartitionClock:
         """Move forward to a batch's latest event time (never backwards)."""
         if max_event_us is not None and (self._max_us is None or max_event_us > self._max_us):
             self._max_us = max_event_us
+
+    def set_aside_late(self, decoded: Decoded, now: datetime) -> Decoded:
+        """Move the batch's late rows from its frames to its dead letters (in place).
+
+        Then advance the clock to the batch's latest event time: late rows are
+        behind the watermark, so they could not have moved it anyway.
+        """
+        late_rows = []
+        for family, frame in list(decoded.frames.items()):
+            late = self.late_mask(frame["ts"].dt.epoch("us"))
+            if late.any():
+                late_rows.append(frame.filter(late).select("_offset", "ts"))
+                decoded.frames[family] = frame.filter(~late)
+        if late_rows:
+            wm = datetime.fromtimestamp(self.watermark_us / 1e6, UTC).isoformat()
+            rows = pl.concat(late_rows).select(
+                (pl.col("_offset") - decoded.first_offset).alias("_row"),
+                pl.lit("late_event").alias("reason"),
+                pl.format(
+                    "event time {} is behind the watermark {} (allowed lateness {})",
+                    pl.col("ts").dt.to_string("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                    pl.lit(wm),
+                    pl.lit(str(self.allowed_lateness)),
+                ).alias("detail"),
+            )
+            decoded.dead = pl.concat([decoded.dead, dead_letters(decoded, rows, now)]).sort(
+                "offset"
+            )
+        latest = decoded.max_event_ts
+        self.observe(int(latest.timestamp() * 1_000_000) if latest else None)
+        return decoded
