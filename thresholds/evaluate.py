@@ -97,11 +97,13 @@ class Evaluator:
         self._by_indicator: dict[str, list[Rule]] = {}
         for r in rules.rules:
             self._by_indicator.setdefault(r.indicator, []).append(r)
-        self._series: dict[tuple[str, str], _Series] = {}
+        self._series: dict[str, dict[str, _Series]] = {}  # rule id -> entity -> state
 
     @property
     def open_alerts(self) -> int:
-        return sum(1 for s in self._series.values() if s.alert_id is not None)
+        return sum(
+            1 for by_entity in self._series.values() for s in by_entity.values() if s.alert_id
+        )
 
     def evaluate(self, values: pl.DataFrame, now: datetime) -> tuple[pl.DataFrame, list[dict]]:
         """Return ``values`` with a ``level`` column, and the alert changes they cause."""
@@ -118,7 +120,7 @@ class Evaluator:
                 judged = pl.col("samples") >= rule.min_samples
                 rows = rows.with_columns(_raw=pl.when(judged).then(raw).otherwise(None))
                 # Series in trouble: watched already, or in breach somewhere in this batch.
-                watched = {e for (rid, e) in self._series if rid == rule.id}
+                watched = set(self._series.get(rule.id, ()))
                 watched.update(rows.filter(pl.col("_raw") != "normal")["entity_id"].unique())
                 hot = rows.filter(pl.col("entity_id").is_in(list(watched))).sort(
                     "entity_id", "window_start"
@@ -144,18 +146,19 @@ class Evaluator:
         return out, changes
 
     def _step(self, rule: Rule, row: dict, now: datetime, changes: list[dict]) -> str:
-        key = (rule.id, row["entity_id"])
-        s = self._series.get(key)
+        entity = row["entity_id"]
+        s = self._series.get(rule.id, {}).get(entity)
         raw = row["_raw"]
         if raw is None:  # too few samples to judge: keep the state as it is
             return s.level if s else "normal"
         value = row["value"]
         if s is None:
-            s = self._series[key] = _Series(evidence=deque(maxlen=self.evidence))
+            s = _Series(evidence=deque(maxlen=self.evidence))
+            self._series.setdefault(rule.id, {})[entity] = s
         s.evidence.append(value)
         if s.alert_id is None:
             if raw == "normal":
-                del self._series[key]
+                self._forget(rule.id, entity)
                 return "normal"
             if s.pending == 0:
                 s.pending_since = row["window_start"]
@@ -182,7 +185,7 @@ class Evaluator:
             s.calm += 1
             if s.calm >= rule.clear_for:
                 self._emit(rule, s, row, "cleared", "normal", now, changes)
-                del self._series[key]
+                self._forget(rule.id, entity)
                 return "normal"
             return s.level
         s.calm = 0
@@ -190,6 +193,13 @@ class Evaluator:
             state = "escalated" if _RANK[target] > _RANK[s.level] else "downgraded"
             self._emit(rule, s, row, state, target, now, changes)
         return s.level
+
+    def _forget(self, rule_id: str, entity: str) -> None:
+        """Drop a series back at normal, so state only holds series in trouble."""
+        series = self._series[rule_id]
+        del series[entity]
+        if not series:
+            del self._series[rule_id]
 
     def _emit(self, rule, s: _Series, row, state, severity, now, changes) -> None:
         previous = s.level
