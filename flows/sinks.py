@@ -16,7 +16,6 @@ import pyarrow as pa
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from cityvitals.lake import Lake
-from schemas.families import OUTPUT_TABLES
 
 __all__ = ["ParquetSink"]
 
@@ -62,8 +61,7 @@ class ParquetSink(DynamicSink[pa.Table]):
         flush_rows: int = 200_000,
         flush_interval: timedelta = timedelta(seconds=2),
     ) -> None:
-        if table not in OUTPUT_TABLES:
-            raise ValueError(f"unknown table '{table}', expected one of {sorted(OUTPUT_TABLES)}")
+        lake.table_dir(table)  # fails early, naming the tables there are
         self.lake = lake
         self.table = table
         self.flush_rows = flush_rows

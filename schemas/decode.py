@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from schemas.families import DEAD_LETTERS, INPUT_FAMILIES, METRIC_DEVICE_TYPE, polars_schema
 
-__all__ = ["Decoded", "Decoder", "RawBatch", "arrow_to_polars", "dead_letters"]
+__all__ = ["Decoded", "Decoder", "RawBatch", "dead_letters"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,19 +69,11 @@ class Decoded:
         return sum(f.height for f in self.frames.values())
 
 
-def arrow_to_polars(t: pa.DataType) -> pl.DataType:
-    """The Polars dtype for an Arrow type of our schemas."""
-    return pl.from_arrow(pa.array([], type=t)).dtype
-
-
-def _wire_dtype(f: pa.Field) -> pl.DataType:
-    return pl.String if pa.types.is_timestamp(f.type) else arrow_to_polars(f.type)
-
-
+# Every field of every family as the parser reads it: timestamps stay text until checked.
 _WIRE: dict[str, pl.DataType] = {}
 for _schema in INPUT_FAMILIES.values():
-    for _fld in _schema:
-        _WIRE.setdefault(_fld.name, _wire_dtype(_fld))
+    for _name, _dtype in polars_schema(_schema).items():
+        _WIRE.setdefault(_name, pl.String if isinstance(_dtype, pl.Datetime) else _dtype)
 
 _TS_FORMAT = "%Y-%m-%dT%H:%M:%S%.fZ"
 _TS_OFFSET_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%z"
