@@ -103,6 +103,7 @@ class Decoder:
         self.max_future = max_future
         self.max_age = max_age
         self.now = now
+        self._reason, self._detail = self._checks()  # built once; "now" comes in as a column
 
     # -- parsing ---------------------------------------------------------------
     def _parse(self, lines: Sequence[bytes], base: int, bad: list[tuple[int, str, str]]):
@@ -130,7 +131,7 @@ class Decoder:
     # -- validation ------------------------------------------------------------
     def _checks(self) -> tuple[pl.Expr, pl.Expr]:
         """One (reason, detail) pair of expressions; null reason means valid."""
-        now = self.now()
+        now = pl.col("_now")
         fam = pl.col("family")
         cases: list[tuple[pl.Expr, str, pl.Expr | str]] = [
             (fam.is_null(), "missing_field", "field 'family' is missing"),
@@ -229,8 +230,8 @@ class Decoder:
                     )
                 )
                 df = df.with_columns(_ts=pl.coalesce(pl.col("_ts"), slow))
-            reason, detail = self._checks()
-            df = df.with_columns(_reason=reason, _detail=detail)
+            df = df.with_columns(_now=pl.lit(self.now(), dtype=pl.Datetime("us", "UTC")))
+            df = df.with_columns(_reason=self._reason, _detail=self._detail)
             df = _confirm_nested(df, batch.lines)
             rejected = df.filter(pl.col("_reason").is_not_null())
             if rejected.height:
