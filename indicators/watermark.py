@@ -21,7 +21,7 @@ True
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import polars as pl
 
@@ -64,30 +64,40 @@ class PartitionClock:
     def set_aside_late(self, decoded: Decoded, now: datetime) -> Decoded:
         """Move the batch's late rows from its frames to its dead letters (in place).
 
-        Then advance the clock to the batch's latest event time: late rows are
-        behind the watermark, so they could not have moved it anyway.
+        Each row is judged against the watermark at its own arrival: the
+        latest event time of everything before it in the partition (earlier
+        batches and earlier rows of this one) minus the allowed lateness. So
+        the verdict depends only on the partition's order, never on where
+        batch boundaries fall, and a replay after recovery decides the same.
         """
-        late_rows = []
+        parts = [
+            f.select("_offset", pl.col("ts").dt.epoch("us").alias("t"))
+            for f in decoded.frames.values()
+            if f.height
+        ]
+        if not parts:
+            return decoded
+        rows = pl.concat(parts).sort("_offset")
+        before = pl.max_horizontal(pl.col("t").cum_max().shift(1), pl.lit(self._max_us))
+        rows = rows.with_columns(_mark=before - self.lateness_us)
+        late = rows.filter(pl.col("t") < pl.col("_mark"))
+        self.observe(rows["t"].max())
+        if not late.height:
+            return decoded
+        gone = late["_offset"]
         for family, frame in list(decoded.frames.items()):
-            late = self.late_mask(frame["ts"].dt.epoch("us"))
-            if late.any():
-                late_rows.append(frame.filter(late).select("_offset", "ts"))
-                decoded.frames[family] = frame.filter(~late)
-        if late_rows:
-            wm = datetime.fromtimestamp(self.watermark_us / 1e6, UTC).isoformat()
-            rows = pl.concat(late_rows).select(
-                (pl.col("_offset") - decoded.first_offset).alias("_row"),
-                pl.lit("late_event").alias("reason"),
-                pl.format(
-                    "event time {} is behind the watermark {} (allowed lateness {})",
-                    pl.col("ts").dt.to_string("%Y-%m-%dT%H:%M:%S%.3fZ"),
-                    pl.lit(wm),
-                    pl.lit(str(self.allowed_lateness)),
-                ).alias("detail"),
-            )
-            decoded.dead = pl.concat([decoded.dead, dead_letters(decoded, rows, now)]).sort(
-                "offset"
-            )
-        latest = decoded.max_event_ts
-        self.observe(int(latest.timestamp() * 1_000_000) if latest else None)
+            decoded.frames[family] = frame.filter(~pl.col("_offset").is_in(gone.implode()))
+        stamp = "%Y-%m-%dT%H:%M:%S%.6fZ"
+        dead = late.select(
+            decoded.rows_of(late["_offset"]),
+            pl.lit("late_event").alias("reason"),
+            pl.concat_str(
+                pl.lit("event time "),
+                pl.from_epoch("t", "us").dt.to_string(stamp),
+                pl.lit(" is behind the watermark "),
+                pl.from_epoch("_mark", "us").dt.to_string(stamp),
+                pl.lit(f" (allowed lateness {self.allowed_lateness})"),
+            ).alias("detail"),
+        )
+        decoded.dead = pl.concat([decoded.dead, dead_letters(decoded, dead, now)]).sort("offset")
         return decoded

@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from schemas.families import DEAD_LETTERS, INPUT_FAMILIES, METRIC_DEVICE_TYPE, polars_schema
 
-__all__ = ["Decoded", "Decoder", "RawBatch", "dead_letters"]
+__all__ = ["Decoded", "Decoder", "RawBatch", "dead_letters", "partition_key"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,13 +42,31 @@ class RawBatch:
     """Raw records from one source partition, in order.
 
     ``first_offset`` is the offset (or 0-based line number) of ``lines[0]``;
-    the others follow one by one.
+    the others follow one by one, unless ``offsets`` gives each line's offset
+    (Kafka offsets have gaps where transaction markers or compaction were).
+
+    >>> RawBatch("t", 0, 7, [b"a", b"b"]).offset_list()
+    [7, 8]
+    >>> RawBatch("t", 0, 7, [b"a", b"b"], offsets=[7, 9]).offset_list()
+    [7, 9]
     """
 
     source: str
     partition: int | None
     first_offset: int
     lines: Sequence[bytes]
+    offsets: Sequence[int] | None = None
+
+    @property
+    def key(self) -> str:
+        """The source partition's name: ``source`` alone, or ``source#partition``."""
+        return partition_key(self.source, self.partition)
+
+    def offset_list(self) -> list[int]:
+        """The offset of every line, in order."""
+        if self.offsets is not None:
+            return list(self.offsets)
+        return list(range(self.first_offset, self.first_offset + len(self.lines)))
 
 
 @dataclass(slots=True)
@@ -63,6 +81,15 @@ class Decoded:
     dead: pl.DataFrame
     max_event_ts: datetime | None = None
     lines: Sequence[bytes] = ()
+    offsets: Sequence[int] | None = None
+
+    offset_list = RawBatch.offset_list
+
+    def rows_of(self, offsets: pl.Series) -> pl.Series:
+        """Line indexes of ``offsets`` (which must be offsets of this batch)."""
+        if self.offsets is None:
+            return (offsets - self.first_offset).alias("_row")
+        return pl.Series("_row", self.offsets, dtype=pl.Int64).search_sorted(offsets)
 
     @property
     def valid(self) -> int:
@@ -247,9 +274,7 @@ class Decoder:
                 cols = [
                     pl.col("_ts").alias("ts") if f.name == "ts" else pl.col(f.name) for f in schema
                 ]
-                frames[family] = part.select(
-                    [*cols, pl.col("_row").alias("_offset") + batch.first_offset]
-                )
+                frames[family] = part.select([*cols, _offset_expr(batch)])
         dead = dead_letters(batch, dead_rows.sort("_row"), self.now())
         return Decoded(
             source=batch.source,
@@ -260,7 +285,23 @@ class Decoder:
             dead=dead,
             max_event_ts=max_ts,
             lines=batch.lines,
+            offsets=batch.offsets,
         )
+
+
+def partition_key(source: str, partition: int | None) -> str:
+    """How a source partition is named in keyed state (``city.readings#3``).
+
+    >>> partition_key("city.readings", 3), partition_key("sim.jsonl", None)
+    ('city.readings#3', 'sim.jsonl')
+    """
+    return source if partition is None else f"{source}#{partition}"
+
+
+def _offset_expr(batch: RawBatch) -> pl.Expr:
+    if batch.offsets is None:
+        return (pl.col("_row") + batch.first_offset).alias("_offset")
+    return pl.lit(pl.Series(batch.offsets, dtype=pl.Int64)).gather(pl.col("_row")).alias("_offset")
 
 
 def dead_letters(batch: RawBatch | Decoded, rows: pl.DataFrame, now: datetime) -> pl.DataFrame:
@@ -271,13 +312,19 @@ def dead_letters(batch: RawBatch | Decoded, rows: pl.DataFrame, now: datetime) -
             "received_at": [now] * len(idx),
             "source": [batch.source] * len(idx),
             "partition": [batch.partition] * len(idx),
-            "offset": [batch.first_offset + i for i in idx],
+            "offset": _offsets_at(batch, idx),
             "reason": rows["reason"],
             "detail": rows["detail"],
             "raw": [bytes(batch.lines[i]) for i in idx],
         },
         schema=_DEAD_POLARS,
     )
+
+
+def _offsets_at(batch: RawBatch | Decoded, idx: list[int]) -> list[int]:
+    if batch.offsets is None:
+        return [batch.first_offset + i for i in idx]
+    return [batch.offsets[i] for i in idx]
 
 
 _STRING_FIELDS = sorted(
