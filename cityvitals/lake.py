@@ -25,7 +25,6 @@ half a file.
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
 from datetime import date
@@ -139,20 +138,38 @@ class Lake:
         """A read-only DuckDB connection to the views, as an analyst opens it."""
         return duckdb.connect(str(self.db_path), read_only=True)
 
-    def write(self, table: str, data: pa.Table, writer: str, seq: itertools.count) -> list[Path]:
-        """Write ``data`` into ``table``, one atomic file per date; return the paths."""
+    def write(self, table: str, data: pa.Table, writer: str, seq: int) -> list[Path]:
+        """Write ``data`` into ``table``, one atomic file per date; return the paths.
+
+        Files are numbered ``seq``, ``seq + 1``, ... for this ``writer``.
+        """
         if data.num_rows == 0:
             return []
         schema = OUTPUT_TABLES[table]
         data = data.select(schema.names).cast(schema)
         days = pc.cast(pc.cast(data[PARTITION_COLUMN[table]], pa.timestamp("us")), pa.date32())
         paths = []
-        for day in pc.unique(days).to_pylist():
+        for n, day in enumerate(sorted(pc.unique(days).to_pylist()), start=seq):
             part = data.filter(pc.equal(days, pa.scalar(day, pa.date32())))
-            path = self._part_path(table, day, writer, next(seq))
+            path = self._part_path(table, day, writer, n)
             _atomic_write(part, path)
             paths.append(path)
         return paths
+
+    def discard_from(self, table: str, writer: str, seq: int) -> list[Path]:
+        """Delete ``writer``'s files of ``table`` numbered ``seq`` or above; return them.
+
+        A writer resumed from a snapshot calls this: files written after the
+        snapshot will be written again by the replay, so they must go first.
+        """
+        prefix = f"part-{writer}-"
+        gone = []
+        for path in self.table_dir(table).glob(f"date=*/{prefix}*.parquet"):
+            number = path.name.removeprefix(prefix).removesuffix(".parquet")
+            if number.isdigit() and int(number) >= seq:
+                path.unlink()
+                gone.append(path)
+        return sorted(gone)
 
     def _part_path(self, table: str, day: date, writer: str, n: int) -> Path:
         return self.table_dir(table) / f"date={day.isoformat()}" / f"part-{writer}-{n:06d}.parquet"

@@ -9,6 +9,7 @@ JSON-lines file named by ``CITYVITALS_INPUT`` into ``CITYVITALS_OUT``.
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -20,7 +21,8 @@ from bytewax.inputs import FixedPartitionedSource
 from bytewax.operators import StatefulLogic
 
 from cityvitals.lake import Lake
-from flows.config import PipelineConfig
+from flows.config import KafkaConfig, PipelineConfig
+from flows.kafka_io import KafkaOutput
 from flows.sinks import ParquetSink
 from indicators.aggregate import partials, split_by_shard
 from indicators.definitions import Catalog, load_catalog
@@ -28,6 +30,7 @@ from indicators.watermark import PartitionClock
 from indicators.windows import WindowStore
 from schemas.decode import Decoded, Decoder, RawBatch
 from schemas.families import BREACHES, DEAD_LETTERS, INDICATOR_VALUES, INGEST_BATCHES
+from schemas.messages import breach_messages, dead_letter_messages, indicator_messages
 from thresholds.evaluate import Evaluator
 from thresholds.rules import RuleSet, load_rules
 
@@ -69,7 +72,7 @@ class _Ingest:
         return clock, Ingested(decoded, parts, clock.watermark_us, clock.max_event_us)
 
 
-class _Windows(StatefulLogic[ShardItem, pl.DataFrame, WindowStore]):
+class _Windows(StatefulLogic[ShardItem, pl.DataFrame, bytes]):
     """Bytewax glue around one shard's :class:`WindowStore`."""
 
     def __init__(self, store: WindowStore) -> None:
@@ -84,8 +87,8 @@ class _Windows(StatefulLogic[ShardItem, pl.DataFrame, WindowStore]):
         out = self.store.flush()
         return ([out] if out.height else []), StatefulLogic.RETAIN
 
-    def snapshot(self) -> WindowStore:
-        return self.store
+    def snapshot(self) -> bytes:
+        return pickle.dumps(self.store, protocol=pickle.HIGHEST_PROTOCOL)  # a copy, frozen now
 
 
 def _to_shards(item: tuple[str, Ingested]) -> list[tuple[str, ShardItem]]:
@@ -96,10 +99,10 @@ def _to_shards(item: tuple[str, Ingested]) -> list[tuple[str, ShardItem]]:
     ]
 
 
-def _accounting(item: tuple[str, Ingested]) -> pa.Table:
-    _, ing = item
+def _accounting(item: tuple[str, Ingested]) -> tuple[str, pa.Table]:
+    key, ing = item
     d = ing.decoded
-    return pa.Table.from_pylist(
+    return key, pa.Table.from_pylist(
         [
             {
                 "processed_at": datetime.now(UTC),
@@ -120,23 +123,34 @@ def _arrow(frame: pl.DataFrame, schema: pa.Schema) -> pa.Table:
     return frame.select(schema.names).to_arrow().cast(schema)
 
 
+def _dead(item: tuple[str, Ingested]) -> tuple[str, pl.DataFrame] | None:
+    key, ing = item
+    return (key, ing.decoded.dead) if ing.decoded.dead.height else None
+
+
 def build(
     source: FixedPartitionedSource,
     config: PipelineConfig,
     catalog: Catalog | None = None,
     rules: RuleSet | None = None,
     decoder: Decoder | None = None,
+    kafka: KafkaConfig | None = None,
 ) -> Dataflow:
-    """The city dataflow over ``source``, writing into ``config.out``."""
+    """The city dataflow over ``source``, writing into ``config.out``.
+
+    With ``kafka``, breaches and dead letters (and indicator values, if that
+    topic is set) are also published to its topics.
+    """
     catalog = catalog or load_catalog(config.catalog)
     rules = rules or load_rules(config.rules, catalog)
     decoder = decoder or Decoder(max_future=config.max_future, max_age=config.max_age)
     lake = Lake(config.out)
     lake.create()
     partitions = source.list_parts()
+    shards = [str(i) for i in range(config.shards)]
 
     def sink(table: str) -> ParquetSink:
-        return ParquetSink(lake, table, config.flush_rows, config.flush_interval)
+        return ParquetSink(lake, table, shards, config.flush_rows, config.flush_interval)
 
     def evaluate(ev: Evaluator | None, values: pl.DataFrame):
         ev = ev or Evaluator(rules)
@@ -145,39 +159,59 @@ def build(
     flow = Dataflow("cityvitals")
     raw = op.input("read", flow, source)
     # RawBatch: lines of one source partition
-    keyed = op.key_on("by_partition", raw, lambda b: b.source)
+    keyed = op.key_on("by_partition", raw, lambda b: b.key)
     # (partition, RawBatch)
     ingested = op.stateful_map("ingest", keyed, _Ingest(decoder, catalog, config))
     # (partition, Ingested): valid frames, dead letters, partials per shard, watermark
-    dead = op.filter_map(
-        "dead_table",
-        ingested,
-        lambda kv: _arrow(d, DEAD_LETTERS) if (d := kv[1].decoded.dead).height else None,
-    )
-    # pa.Table of dead letters
-    op.output("dead_letters_out", dead, sink("dead_letters"))
+    dead = op.filter_map("dead", ingested, _dead)
+    # (partition, pl.DataFrame of dead letters)
+    dead_tables = op.map_value("dead_table", dead, lambda d: _arrow(d, DEAD_LETTERS))
+    # (partition, pa.Table of dead letters)
+    op.output("dead_letters_out", dead_tables, sink("dead_letters"))
     accounting = op.map("accounting", ingested, _accounting)
-    # pa.Table: one row per batch, events_in = valid + dead_letters
+    # (partition, pa.Table): one row per batch, events_in = valid + dead_letters
     op.output("ingest_out", accounting, sink("ingest_batches"))
     sharded = op.flat_map("to_shards", ingested, _to_shards)
     # (shard, ShardItem)
     values = op.stateful(
-        "windows", sharded, lambda resume: _Windows(resume or WindowStore(catalog, partitions))
+        "windows", sharded, lambda resume: _Windows(_restore(resume, catalog, partitions))
     )
     # (shard, pl.DataFrame of indicator values for windows just closed)
     graded = op.stateful_map("thresholds", values, evaluate)
     # (shard, (values with level, [breach state changes]))
-    value_tables = op.map("value_table", graded, lambda kv: _arrow(kv[1][0], INDICATOR_VALUES))
-    # pa.Table of indicator values
+    value_tables = op.map_value("value_table", graded, lambda g: _arrow(g[0], INDICATOR_VALUES))
+    # (shard, pa.Table of indicator values)
     op.output("indicator_values_out", value_tables, sink("indicator_values"))
-    breach_tables = op.filter_map(
-        "breach_table",
-        graded,
-        lambda kv: pa.Table.from_pylist(kv[1][1], schema=BREACHES) if kv[1][1] else None,
+    breaches = op.filter_map_value("breaches", graded, lambda g: g[1] or None)
+    # (shard, [breach state change dicts])
+    breach_tables = op.map_value(
+        "breach_table", breaches, lambda b: pa.Table.from_pylist(b, schema=BREACHES)
     )
-    # pa.Table of breach state changes
+    # (shard, pa.Table of breach state changes)
     op.output("breaches_out", breach_tables, sink("breaches"))
+    if kafka is not None:
+        topics = kafka.topics
+
+        def publish(topic: str) -> KafkaOutput:
+            return KafkaOutput(kafka, topic, shards)
+
+        breach_msgs = op.map_value("breach_msgs", breaches, breach_messages)
+        # (shard, [OutMessage] keyed by alert id)
+        op.output("breaches_kafka", breach_msgs, publish(topics.breaches))
+        dead_msgs = op.map_value("dead_msgs", dead, dead_letter_messages)
+        # (partition, [OutMessage]: original bytes, reason and offset in headers)
+        op.output("dead_letters_kafka", dead_msgs, publish(topics.deadletter))
+        if topics.indicators:
+            value_msgs = op.filter_map_value(
+                "value_msgs", graded, lambda g: indicator_messages(g[0]) or None
+            )
+            # (shard, [OutMessage] keyed by indicator and entity)
+            op.output("indicator_values_kafka", value_msgs, publish(topics.indicators))
     return flow
+
+
+def _restore(resume: bytes | None, catalog: Catalog, partitions: list[str]) -> WindowStore:
+    return pickle.loads(resume) if resume is not None else WindowStore(catalog, partitions)
 
 
 def __getattr__(name: str):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from schemas.decode import RawBatch
+from schemas.decode import RawBatch, partition_key
 
 __all__ = ["BatchIteratorSource", "JsonLinesSource"]
 
@@ -57,7 +57,7 @@ class JsonLinesSource(FixedPartitionedSource[RawBatch, tuple[int, int]]):
         self.batch_size = batch_size
 
     def list_parts(self) -> list[str]:
-        return [str(self.path)]
+        return [partition_key(str(self.path), 0)]
 
     def build_part(self, step_id, for_part, resume_state):
         return _FilePartition(self.path, self.batch_size, resume_state)
@@ -99,7 +99,7 @@ class BatchIteratorSource(FixedPartitionedSource[RawBatch, int]):
         self.make = make
 
     def list_parts(self) -> list[str]:
-        return [self.name]
+        return [partition_key(self.name, 0)]
 
     def build_part(self, step_id, for_part, resume_state):
         return _IterPartition(self.name, self.make, resume_state)

@@ -1,0 +1,312 @@
+"""Kafka source and sink for the city flow, with recovery that neither loses nor doubles.
+
+**Source.** :class:`KafkaInput` reads every partition of the input topics;
+each Kafka partition is one Bytewax partition, so partitions spread over the
+workers. It yields :class:`~schemas.decode.RawBatch` items (one per poll, with
+the messages' own offsets), so the same decoder as the file input sees them.
+Its recovery state is the next offset to read. With ``stop_at_end`` each
+partition stops at the end offset it had when the flow started.
+
+**Sink.** :class:`KafkaOutput` writes :class:`~schemas.messages.OutMessage`
+items to one topic with an idempotent producer (``acks=all``), so broker
+retries never duplicate. At every snapshot it waits until everything sent
+is acknowledged (a broker outage holds the flow there instead of losing
+messages) and records the topic's end offsets. When it resumes after a crash,
+it reads the topic from those offsets and skips every message whose
+``cityvitals-id`` is already there: what the crashed run sent after its last
+snapshot is not sent again.
+
+Transient broker errors (a broker restarting, a network blip) are retried
+by librdkafka; only fatal errors stop the flow, with the topic in the message.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from flows.config import KafkaConfig
+from schemas.decode import RawBatch, partition_key
+from schemas.messages import ID_HEADER, OutMessage
+
+__all__ = ["KafkaIOError", "KafkaInput", "KafkaOutput", "ensure_topics", "topic_partitions"]
+
+log = logging.getLogger(__name__)
+
+_TIMEOUT = 30.0  # seconds for metadata and offset queries
+_IDLE = timedelta(milliseconds=50)  # wait before polling an empty partition again
+
+
+class KafkaIOError(RuntimeError):
+    """Kafka could not be used: a missing topic, a fatal client error, a lost message."""
+
+
+def _admin(kafka: KafkaConfig) -> AdminClient:
+    return AdminClient(kafka.client_config())
+
+
+def topic_partitions(kafka: KafkaConfig, topic: str) -> list[int]:
+    """The partition ids of ``topic``; a clear error if it does not exist."""
+    try:
+        meta = _admin(kafka).list_topics(topic, timeout=_TIMEOUT)
+    except KafkaException as exc:
+        raise KafkaIOError(
+            f"cannot reach Kafka at {kafka.bootstrap_servers!r} to list topic {topic!r}: {exc}"
+        ) from None
+    info = meta.topics.get(topic)
+    if info is None or info.error is not None:
+        why = info.error.str() if info is not None and info.error else "no such topic"
+        raise KafkaIOError(
+            f"topic {topic!r} on {kafka.bootstrap_servers}: {why}; "
+            "create it (cityvitals simulate --bootstrap creates the input topics) "
+            "or fix kafka.topics in the configuration"
+        )
+    return sorted(info.partitions)
+
+
+def ensure_topics(kafka: KafkaConfig, topics: list[str], partitions: int) -> list[str]:
+    """Create the topics that are missing with ``partitions`` partitions; return those created."""
+    admin = _admin(kafka)
+    try:
+        existing = set(admin.list_topics(timeout=_TIMEOUT).topics)
+    except KafkaException as exc:
+        raise KafkaIOError(f"cannot reach Kafka at {kafka.bootstrap_servers!r}: {exc}") from None
+    missing = [t for t in dict.fromkeys(topics) if t not in existing]
+    if not missing:
+        return []
+    futures = admin.create_topics([NewTopic(t, num_partitions=partitions) for t in missing])
+    for topic, future in futures.items():
+        try:
+            future.result(timeout=_TIMEOUT)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise KafkaIOError(f"cannot create topic {topic!r}: {exc}") from None
+    return missing
+
+
+# -- source ---------------------------------------------------------------------------
+
+
+class _InputPartition(StatefulSourcePartition[RawBatch, int]):
+    def __init__(self, kafka: KafkaConfig, topic: str, partition: int, resume: int | None):
+        self._topic = topic
+        self._partition = partition
+        self._max_poll = kafka.max_poll
+        self._consumer = Consumer(
+            kafka.client_config(
+                **{
+                    "group.id": "cityvitals",  # required by librdkafka; nothing is committed
+                    "enable.auto.commit": False,
+                    "enable.partition.eof": True,
+                }
+            )
+        )
+        tp = TopicPartition(topic, partition)
+        low, high = self._consumer.get_watermark_offsets(tp, timeout=_TIMEOUT)
+        start = {"earliest": OFFSET_BEGINNING, "latest": OFFSET_END}[kafka.starting_offset]
+        self._next = resume if resume is not None else (low if start == OFFSET_BEGINNING else high)
+        self._end = high if kafka.stop_at_end else None
+        self._done = self._end is not None and self._next >= self._end
+        self._idle = False
+        self._consumer.assign([TopicPartition(topic, partition, self._next)])
+
+    def next_batch(self) -> list[RawBatch]:
+        if self._done:
+            raise StopIteration
+        lines, offsets = [], []
+        for msg in self._consumer.consume(self._max_poll, 0.01):
+            err = msg.error()
+            if err is None:
+                lines.append(msg.value() or b"")
+                offsets.append(msg.offset())
+            elif err.code() == KafkaError._PARTITION_EOF:
+                self._done = self._end is not None
+            elif err.fatal() or err.code() in (
+                KafkaError.UNKNOWN_TOPIC_OR_PART,
+                KafkaError.TOPIC_AUTHORIZATION_FAILED,
+                KafkaError._UNKNOWN_PARTITION,
+            ):
+                raise KafkaIOError(f"consuming {self._topic}[{self._partition}]: {err.str()}")
+            else:  # transient: librdkafka reconnects and retries by itself
+                log.warning("consuming %s[%s]: %s", self._topic, self._partition, err.str())
+        if offsets:
+            self._next = offsets[-1] + 1
+        if self._end is not None and self._next >= self._end:
+            self._done = True
+        self._idle = not lines
+        if not lines:
+            return []
+        return [RawBatch(self._topic, self._partition, offsets[0], lines, offsets=offsets)]
+
+    def next_awake(self) -> datetime | None:
+        return datetime.now(UTC) + _IDLE if self._idle and not self._done else None
+
+    def snapshot(self) -> int:
+        return self._next
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class KafkaInput(FixedPartitionedSource[RawBatch, int]):
+    """Every partition of the input topics, as batches of raw records.
+
+    Partition names are ``<topic>#<partition>`` (see
+    :func:`schemas.decode.partition_key`).
+    """
+
+    def __init__(self, kafka: KafkaConfig, topics: list[str] | None = None) -> None:
+        self.kafka = kafka
+        self.topics = topics if topics is not None else list(kafka.topics.inputs.values())
+
+    def list_parts(self) -> list[str]:
+        return [
+            partition_key(topic, p)
+            for topic in self.topics
+            for p in topic_partitions(self.kafka, topic)
+        ]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None):
+        topic, partition = for_part.rsplit("#", 1)
+        return _InputPartition(self.kafka, topic, int(partition), resume_state)
+
+
+# -- sink -----------------------------------------------------------------------------
+
+
+class _OutputPartition(StatefulSinkPartition[list[OutMessage], dict[int, int]]):
+    def __init__(self, kafka: KafkaConfig, topic: str, resume: dict[int, int] | None) -> None:
+        self._kafka = kafka
+        self._topic = topic
+        self._failed: list[str] = []
+        self._partitions = topic_partitions(kafka, topic)
+        self._meta = Consumer(kafka.client_config(**{"group.id": "cityvitals-offsets"}))
+        self._skip = self._already_sent(resume) if resume else set()
+        self._producer = Producer(
+            kafka.client_config(
+                **{
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "linger.ms": 20,
+                    "compression.type": "lz4",
+                }
+            )
+        )
+
+    def _already_sent(self, since: dict[int, int]) -> set[str]:
+        """Ids of messages written to the topic after the snapshot we resume from."""
+        consumer = Consumer(
+            self._kafka.client_config(
+                **{
+                    "group.id": "cityvitals-resume",
+                    "enable.auto.commit": False,
+                    "enable.partition.eof": True,
+                }
+            )
+        )
+        ids: set[str] = set()
+        try:
+            ends = self._end_offsets()
+            pending = {p: high for p, high in ends.items() if high > since.get(p, 0)}
+            consumer.assign([TopicPartition(self._topic, p, since.get(p, 0)) for p in pending])
+            deadline = time.monotonic() + 10 * _TIMEOUT
+            while pending:
+                if time.monotonic() > deadline:
+                    raise KafkaIOError(f"timed out reading back {self._topic} to resume")
+                for msg in consumer.consume(10_000, 1.0):
+                    if msg.error() is not None:
+                        if msg.error().code() == KafkaError._PARTITION_EOF:
+                            pending.pop(msg.partition(), None)
+                        continue
+                    if msg.offset() + 1 >= pending.get(msg.partition(), 0):
+                        pending.pop(msg.partition(), None)
+                    for name, value in msg.headers() or ():
+                        if name == ID_HEADER:
+                            ids.add(value.decode())
+        finally:
+            consumer.close()
+        log.info("%s: %d messages already written after the snapshot", self._topic, len(ids))
+        return ids
+
+    def _delivered(self, err, msg) -> None:
+        if err is not None:
+            self._failed.append(f"{msg.topic()}: {err.str()}")
+
+    def write_batch(self, items: list[list[OutMessage]]) -> None:
+        for messages in items:
+            for m in messages:
+                if m.message_id in self._skip:
+                    self._skip.discard(m.message_id)
+                    continue
+                self._produce(m)
+        self._producer.poll(0)
+        self._raise_failures()
+
+    def _produce(self, m: OutMessage) -> None:
+        while True:
+            try:
+                self._producer.produce(
+                    self._topic,
+                    value=m.value,
+                    key=m.key,
+                    headers=list(m.headers),
+                    on_delivery=self._delivered,
+                )
+                return
+            except BufferError:  # the local queue is full: let deliveries drain
+                self._producer.poll(0.1)
+
+    def _raise_failures(self) -> None:
+        if self._failed:
+            raise KafkaIOError(
+                f"{len(self._failed)} message(s) could not be delivered, first: {self._failed[0]}"
+            )
+
+    def snapshot(self) -> dict[int, int]:
+        waited = 0
+        while self._producer.flush(5.0) > 0:
+            waited += 5
+            log.warning("%s: waiting %d s for the broker to acknowledge", self._topic, waited)
+        self._raise_failures()
+        return self._end_offsets()
+
+    def _end_offsets(self) -> dict[int, int]:
+        return {
+            p: self._meta.get_watermark_offsets(TopicPartition(self._topic, p), timeout=_TIMEOUT)[1]
+            for p in self._partitions
+        }
+
+    def close(self) -> None:
+        while self._producer.flush(5.0) > 0:
+            log.warning("%s: waiting for the broker to acknowledge before closing", self._topic)
+        self._meta.close()
+        self._raise_failures()
+
+
+class KafkaOutput(FixedPartitionedSink[list[OutMessage], dict[int, int]]):
+    """Lists of messages to ``topic``, keyed upstream by shard (``parts`` names them)."""
+
+    def __init__(self, kafka: KafkaConfig, topic: str, parts: list[str]) -> None:
+        self.kafka = kafka
+        self.topic = topic
+        self.parts = parts
+
+    def list_parts(self) -> list[str]:
+        return self.parts
+
+    def build_part(self, step_id: str, for_part: str, resume_state: dict[int, int] | None):
+        return _OutputPartition(self.kafka, self.topic, resume_state)
