@@ -13,17 +13,27 @@ flags: 2 errors
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cityvitals.yamlconf import ConfigError, Duration, validate_data
+from cityvitals.yamlconf import ConfigError, Duration, load_model, validate_data
 from indicators.definitions import DEFAULT_CATALOG
 from thresholds.rules import DEFAULT_RULES
 
-__all__ = ["ConfigError", "KafkaConfig", "KafkaTopics", "PipelineConfig"]
+__all__ = [
+    "ENV_PREFIX",
+    "ConfigError",
+    "FlowConfig",
+    "KafkaConfig",
+    "KafkaTopics",
+    "PipelineConfig",
+    "load_flow_config",
+]
 
 
 class PipelineConfig(BaseModel):
@@ -133,3 +143,93 @@ class KafkaConfig(BaseModel):
     def client_config(self, **extra) -> dict:
         """The librdkafka configuration for one client, extra settings last."""
         return {"bootstrap.servers": self.bootstrap_servers, **self.client, **extra}
+
+
+#: Environment variables starting with this set single settings (see :func:`load_flow_config`).
+ENV_PREFIX = "CITYVITALS__"
+
+
+class FlowConfig(BaseModel):
+    """The Kafka flow's settings: a ``pipeline`` and a ``kafka`` section."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+
+
+def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Nested settings from ``CITYVITALS__SECTION__KEY=value`` variables, and their names.
+
+    Values are read as YAML scalars (``4``, ``true``, ``30s``). Under
+    ``kafka.client``, underscores become dots: ``..._CLIENT__SECURITY_PROTOCOL``
+    sets librdkafka's ``security.protocol``.
+
+    >>> data, names = _env_overrides({"CITYVITALS__KAFKA__STOP_AT_END": "true",
+    ...     "CITYVITALS__KAFKA__CLIENT__CLIENT_ID": "district-7", "HOME": "/root"})
+    >>> data
+    {'kafka': {'client': {'client.id': 'district-7'}, 'stop_at_end': True}}
+    >>> names["kafka.stop_at_end"]
+    'CITYVITALS__KAFKA__STOP_AT_END'
+    """
+    out: dict[str, Any] = {}
+    names: dict[str, str] = {}
+    for name, text in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in name.removeprefix(ENV_PREFIX).split("__")]
+        if path[:2] == ["kafka", "client"] and len(path) == 3:
+            path[2] = path[2].replace("_", ".")
+        node = out
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = yaml.safe_load(text) if text.strip() else text
+        names[".".join(path)] = name
+    return out, names
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_flow_config(environ: Mapping[str, str]) -> FlowConfig:
+    """Settings from the YAML file named by ``CITYVITALS_CONFIG`` (if any), then the environment.
+
+    ``KAFKA_BOOTSTRAP_SERVERS`` sets ``kafka.bootstrap_servers``;
+    ``CITYVITALS__<SECTION>__<KEY>`` variables set any other key and win
+    over the file. Errors name the file and line, or the variable.
+
+    >>> load_flow_config({"CITYVITALS__PIPELINE__SHARDS": "8"}).pipeline.shards
+    8
+    >>> try:
+    ...     load_flow_config({"CITYVITALS__KAFKA__MAX_POLL": "0"})
+    ... except ConfigError as e:
+    ...     print(e.problems[0].split(", expected")[0])
+    CITYVITALS__KAFKA__MAX_POLL: kafka.max_poll: got 0
+    """
+    path = environ.get("CITYVITALS_CONFIG")
+    config = load_model(path, FlowConfig) if path else FlowConfig()
+    overrides, names = _env_overrides(environ)
+    if environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        names.setdefault("kafka.bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS")
+        overrides = _merge(
+            {"kafka": {"bootstrap_servers": environ["KAFKA_BOOTSTRAP_SERVERS"]}}, overrides
+        )
+    if not overrides:
+        return config
+    data = _merge(config.model_dump(exclude_unset=True), overrides)
+    try:
+        return validate_data(data, FlowConfig, "environment")
+    except ConfigError as exc:
+        problems = []
+        for problem in exc.problems:
+            key = problem.removeprefix("environment: ").split(":", 1)[0]
+            var = next((v for k, v in names.items() if key == k or key.startswith(k + ".")), None)
+            problems.append(problem.replace("environment", var or "environment", 1))
+        raise ConfigError("environment", problems) from None
