@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from cityvitals.lake import Lake
 from schemas.families import SEVERITIES
 
-__all__ = ["EXAMPLE_QUERY", "check_incidents", "summarize"]
+__all__ = ["EXAMPLE_QUERY", "check_incidents", "match_incidents", "summarize"]
 
 EXAMPLE_QUERY = (
     "SELECT state, severity, indicator_id, entity_id, event_ts, value "
@@ -71,37 +71,54 @@ def summarize(lake: Lake) -> dict:
 
 
 def check_incidents(lake: Lake, incidents, grace: timedelta = timedelta(minutes=30)) -> list[dict]:
+    """:func:`match_incidents` against the breaches of a lake."""
+    con = lake.connect()
+    try:
+        cur = con.execute(
+            "SELECT indicator_id, entity_id, state, severity, event_ts FROM breaches "
+            "WHERE state IN ('opened', 'escalated')"
+        )
+        names = [d[0] for d in cur.description]
+        rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    finally:
+        con.close()
+    return match_incidents(rows, incidents, grace)
+
+
+def match_incidents(
+    breaches: list[dict], incidents, grace: timedelta = timedelta(minutes=30)
+) -> list[dict]:
     """For each ground-truth incident: detected?, peak severity, delay after its start.
 
-    An incident counts as detected when an alert of its indicator and entity
+    ``breaches`` are breach records (dicts with indicator_id, entity_id, state,
+    severity and an aware ``event_ts``), from the lake or the breach topic. An
+    incident counts as detected when an alert of its indicator and entity
     opens or escalates between its start and its end plus ``grace``; the
     delay runs from the incident's start to the first such record (event time).
     """
     order = {s: i for i, s in enumerate(SEVERITIES)}
-    con = lake.connect()
     results = []
-    try:
-        for inc in incidents:
-            rows = con.execute(
-                "SELECT event_ts, severity FROM breaches WHERE indicator_id = ? AND entity_id = ? "
-                "AND state IN ('opened', 'escalated') AND event_ts >= ? AND event_ts <= ? "
-                "ORDER BY event_ts",
-                [inc.indicator_id, inc.entity_id, inc.start, inc.end + grace],
-            ).fetchall()
-            peak = max((sev for _, sev in rows), key=order.__getitem__, default="normal")
-            first: datetime | None = rows[0][0] if rows else None
-            results.append(
-                {
-                    "id": inc.id,
-                    "title": inc.title,
-                    "indicator_id": inc.indicator_id,
-                    "entity_id": inc.entity_id,
-                    "expected_severity": inc.severity,
-                    "peak_severity": peak,
-                    "detected": bool(rows) and order[peak] >= order[inc.severity],
-                    "delay_s": (first - inc.start).total_seconds() if first else None,
-                }
-            )
-    finally:
-        con.close()
+    for inc in incidents:
+        rows = sorted(
+            (b["event_ts"], b["severity"])
+            for b in breaches
+            if b["indicator_id"] == inc.indicator_id
+            and b["entity_id"] == inc.entity_id
+            and b["state"] in ("opened", "escalated")
+            and inc.start <= b["event_ts"] <= inc.end + grace
+        )
+        peak = max((sev for _, sev in rows), key=order.__getitem__, default="normal")
+        first: datetime | None = rows[0][0] if rows else None
+        results.append(
+            {
+                "id": inc.id,
+                "title": inc.title,
+                "indicator_id": inc.indicator_id,
+                "entity_id": inc.entity_id,
+                "expected_severity": inc.severity,
+                "peak_severity": peak,
+                "detected": bool(rows) and order[peak] >= order[inc.severity],
+                "delay_s": (first - inc.start).total_seconds() if first else None,
+            }
+        )
     return results
