@@ -265,30 +265,34 @@ def publish(
     slice_size = max(1, int(rate * _SLICE_SECONDS)) if rate is not None else 0
     sent = 0
     paced_from = time.perf_counter()
-    for batch in lines_batches:
-        if failures or fatal:
-            break
-        slices = (
-            [batch[i : i + slice_size] for i in range(0, len(batch), slice_size)]
-            if rate is not None
-            else [batch]
-        )
-        for part in slices:
-            if rate is not None:
-                _wait(poll, pause_needed(sent + len(part), rate, time.perf_counter() - paced_from))
-            for line in part:
-                topic, key = route(line)
-                while True:
-                    try:
-                        produce(topic, line, key)
-                        break
-                    except BufferError:  # the local queue is full: let it drain
-                        poll(0.05)
-                counts[topic] += 1
-            sent += len(part)
-            poll(0)
-        if progress is not None:
-            progress(sent)
+    topic, line = "", b""
+    try:
+        for batch in lines_batches:
+            if failures or fatal:
+                break
+            for part in _slices(batch, slice_size):
+                if rate is not None:
+                    elapsed = time.perf_counter() - paced_from
+                    _wait(poll, pause_needed(sent + len(part), rate, elapsed))
+                for line in part:
+                    topic, key = route(line)
+                    while True:
+                        try:
+                            produce(topic, line, key)
+                            break
+                        except BufferError:  # the local queue is full: let it drain
+                            poll(0.05)
+                    counts[topic] += 1
+                sent += len(part)
+                poll(0)
+            if progress is not None:
+                progress(sent)
+    except KafkaException as exc:  # refused before sending: too large, unknown topic, ...
+        producer.flush(flush_timeout)
+        raise PublishError(
+            f"cannot send a {len(line):,}-byte line to {topic}: {_reason(exc)}; "
+            f"publishing stopped after {sum(counts.values()):,} messages"
+        ) from exc
     remaining = producer.flush(flush_timeout)
     seconds = time.perf_counter() - started
     if fatal:
@@ -296,8 +300,7 @@ def publish(
     if failures:
         topic, reason = failures[0]
         raise PublishError(
-            f"{len(failures):,} of {sent:,} messages were not delivered "
-            f"(first: {topic}: {reason}); publishing stopped"
+            f"{len(failures):,} of {sent:,} messages were not delivered (first: {topic}: {reason})"
         )
     if remaining:
         raise PublishError(
@@ -312,7 +315,6 @@ def _producer_config(
     on_delivery: Callable[[KafkaError | None, object], None],
     on_error: Callable[[KafkaError], None],
 ) -> dict:
-    check_settings(kafka)
     return {
         **PRODUCER_DEFAULTS,
         **kafka.client_config(
@@ -325,6 +327,13 @@ def _producer_config(
             logger=_LOG,
         ),
     }
+
+
+def _slices(batch: list[bytes], size: int) -> list[list[bytes]]:
+    """``batch`` cut in lists of ``size`` lines (0: the whole batch)."""
+    if size <= 0 or len(batch) <= size:
+        return [batch]
+    return [batch[i : i + size] for i in range(0, len(batch), size)]
 
 
 def _wait(poll: Callable[[float], int], seconds: float) -> None:
