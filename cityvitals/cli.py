@@ -8,6 +8,8 @@ regenerates the JSON Schemas.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import sys
 import time
 from pathlib import Path
@@ -158,6 +160,36 @@ def run(
         )
 
 
+def _kafka_settings(ctx, param, values: tuple[str, ...]) -> dict[str, str]:
+    settings = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise click.BadParameter(
+                f"expected KEY=VALUE (a librdkafka setting, e.g. security.protocol=SASL_SSL), "
+                f"got {item!r}"
+            )
+        settings[key] = value
+    return settings
+
+
+def _servers(ctx, param, value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise click.BadParameter("expected HOST:PORT[,HOST:PORT...], got an empty value")
+    return None if value is None else value.strip()
+
+
+def _finite_rate(ctx, param, value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"expected a finite number of events per second, got {value}")
+    return value
+
+
+#: simulate's options that only make sense with --bootstrap
+_PUBLISH_ONLY = ("partitions", "rate", "kafka_config")
+
+
 @main.command()
 @click.option("--minutes", default=240, show_default=True)
 @click.option("--devices", default=2_000, show_default=True)
@@ -165,25 +197,130 @@ def run(
 @click.option("--bad-rate", type=float, help="Share of deliberately broken lines (default 0.0005).")
 @click.option(
     "--out",
-    default="-",
-    show_default=True,
     type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
-    help="JSON-lines file, or - for standard output.",
+    help="JSON-lines file, or - for standard output. Without --bootstrap the default is -; "
+    "with --bootstrap nothing is written unless --out is given (then the same lines go there "
+    "too).",
 )
-def simulate(minutes: int, devices: int, seed: int, bad_rate: float | None, out: Path) -> None:
-    """Write the simulated afternoon as JSON lines (plus a manifest of its incidents)."""
+@click.option(
+    "--manifest",
+    "manifest_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the incidents manifest (JSON) here. Default: FILE.manifest.json next to "
+    "--out FILE; none when nothing is written to a file.",
+)
+@click.option(
+    "--bootstrap",
+    metavar="HOST:PORT",
+    callback=_servers,
+    help="Publish to Kafka at HOST:PORT[,HOST:PORT...] instead of writing standard output: "
+    "each line to its family's input topic (city.readings, city.heartbeats, city.gates, "
+    "city.workorders), keyed by device, gate or order.",
+)
+@click.option(
+    "--partitions",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Partitions of the input topics created when missing (existing ones are kept).",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    callback=_finite_rate,
+    metavar="EVENTS_PER_S",
+    help="Publish at most this many events per second (default: as fast as possible).",
+)
+@click.option(
+    "--kafka-config",
+    multiple=True,
+    callback=_kafka_settings,
+    metavar="KEY=VALUE",
+    help="librdkafka setting for the Kafka clients, e.g. security.protocol=SASL_SSL (repeatable).",
+)
+@click.pass_context
+def simulate(
+    ctx: click.Context,
+    minutes: int,
+    devices: int,
+    seed: int,
+    bad_rate: float | None,
+    out: Path | None,
+    manifest_path: Path | None,
+    bootstrap: str | None,
+    partitions: int,
+    rate: float | None,
+    kafka_config: dict[str, str],
+) -> None:
+    """Write (or --bootstrap: publish to Kafka) the simulated afternoon as JSON lines.
+
+    The incidents manifest goes to --manifest, or next to --out FILE.
+    """
     from cityvitals.simulate import generate, manifest, write_jsonl
 
     scenario = _scenario(devices, minutes, seed, bad_rate)
-    if str(out) == "-":
+    if bootstrap is None:
+        for name in _PUBLISH_ONLY:
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
+                flag = "--" + name.replace("_", "-")
+                raise click.UsageError(f"{flag} needs --bootstrap", ctx)
+        out = out or Path("-")
+    to_stdout = out is not None and str(out) == "-"
+    if manifest_path is None and out is not None and not to_stdout:
+        manifest_path = out.with_name(out.name + ".manifest.json")
+    if manifest_path is not None:
+        manifest_path.write_bytes(orjson.dumps(manifest(scenario), option=orjson.OPT_INDENT_2))
+    if bootstrap is not None:
+        _publish_scenario(ctx, scenario, out, bootstrap, partitions, rate, kafka_config)
+    elif to_stdout:
         stream = sys.stdout.buffer
         for batch in generate(scenario):
             stream.write(b"".join(line + b"\n" for line in batch))
-        return
-    n = write_jsonl(scenario, out)
-    meta = out.with_name(out.name + ".manifest.json")
-    meta.write_bytes(orjson.dumps(manifest(scenario), option=orjson.OPT_INDENT_2))
-    click.echo(f"wrote {n:,} lines to {out} and the incidents to {meta}", err=True)
+    else:
+        n = write_jsonl(scenario, out)
+        click.echo(f"wrote {n:,} lines to {out} and the incidents to {manifest_path}", err=True)
+
+
+def _publish_scenario(ctx, scenario, out, bootstrap, partitions, rate, client) -> None:
+    from cityvitals.publish import PublishError, check_settings, publish
+    from cityvitals.simulate import generate
+    from cityvitals.yamlconf import validate_data
+    from flows.config import KafkaConfig
+
+    try:
+        kafka = validate_data(
+            {"bootstrap_servers": bootstrap, "client": client}, KafkaConfig, "--kafka-config"
+        )
+    except ConfigError as exc:  # --bootstrap is checked already: the client settings are bad
+        raise click.UsageError("; ".join(exc.problems), ctx) from exc
+    try:
+        check_settings(kafka)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param_hint="'--kafka-config'") from exc
+    batches = generate(scenario)
+    with contextlib.ExitStack() as stack:
+        if out is not None:
+            batches = _tee(
+                batches,
+                sys.stdout.buffer if str(out) == "-" else stack.enter_context(out.open("wb")),
+            )
+        try:
+            stats = publish(batches, kafka, partitions=partitions, rate=rate)
+        except PublishError as exc:
+            raise click.ClickException(str(exc)) from exc
+    topics = ", ".join(f"{topic} {n:,}" for topic, n in stats.messages.items())
+    click.echo(
+        f"published {stats.total:,} events in {stats.seconds:.1f} s "
+        f"({stats.events_per_second:,.0f} events/s): {topics}",
+        err=True,
+    )
+
+
+def _tee(batches, stream):
+    """Pass the batches on, writing their lines to ``stream`` on the way."""
+    for batch in batches:
+        stream.write(b"".join(line + b"\n" for line in batch))
+        yield batch
 
 
 @main.command()
