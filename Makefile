@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint format schemas clean venv
+.PHONY: demo test lint format schemas clean venv kafka-up kafka-down
 
 venv: $(STAMP)
 
@@ -36,6 +36,14 @@ format: $(STAMP)
 
 schemas: $(STAMP)
 	$(BIN)/cityvitals schemas --write
+
+# A local single-node Kafka broker (KRaft, 127.0.0.1, random ports) in .kafka/;
+# kafka-up prints its bootstrap address. The first run fetches the jars with mvn.
+kafka-up: $(STAMP)
+	$(BIN)/python -m cityvitals.localkafka up
+
+kafka-down: $(STAMP)
+	$(BIN)/python -m cityvitals.localkafka down
 
 clean:
 	rm -rf $(VENV) data .pytest_cache
