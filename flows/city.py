@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -21,7 +22,7 @@ from bytewax.inputs import FixedPartitionedSource
 from bytewax.operators import StatefulLogic
 
 from cityvitals.lake import Lake
-from flows.config import KafkaConfig, PipelineConfig
+from flows.config import KafkaConfig, PipelineConfig, recovery_requested
 from flows.kafka_io import KafkaOutput
 from flows.sinks import ParquetSink
 from indicators.aggregate import partials, split_by_shard
@@ -150,7 +151,9 @@ def build(
     shards = [str(i) for i in range(config.shards)]
 
     def sink(table: str) -> ParquetSink:
-        return ParquetSink(lake, table, shards, config.flush_rows, config.flush_interval)
+        return ParquetSink(
+            lake, table, shards, config.flush_rows, config.flush_interval, config.recovery
+        )
 
     def evaluate(ev: Evaluator | None, values: pl.DataFrame):
         ev = ev or Evaluator(rules)
@@ -192,8 +195,10 @@ def build(
     if kafka is not None:
         topics = kafka.topics
 
+        marks = lake.root / "_kafka" if config.recovery else None
+
         def publish(topic: str) -> KafkaOutput:
-            return KafkaOutput(kafka, topic, shards)
+            return KafkaOutput(kafka, topic, shards, marks)
 
         breach_msgs = op.map_value("breach_msgs", breaches, breach_messages)
         # (shard, [OutMessage] keyed by alert id)
@@ -224,6 +229,10 @@ def __getattr__(name: str):
     if not path:
         raise RuntimeError("CITYVITALS_INPUT must name a JSON-lines file to run flows.city")
     config = PipelineConfig.from_mapping(
-        {"out": os.environ.get("CITYVITALS_OUT", "data")}, source="environment"
+        {
+            "out": os.environ.get("CITYVITALS_OUT", "data"),
+            "recovery": recovery_requested(sys.argv, os.environ),
+        },
+        source="environment",
     )
     return build(JsonLinesSource(path, config.batch_size), config)

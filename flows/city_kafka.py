@@ -15,11 +15,12 @@ the Kafka outputs switched on; missing output topics are created first when
 from __future__ import annotations
 
 import os
+import sys
 
 from bytewax.dataflow import Dataflow
 
 from flows.city import build
-from flows.config import FlowConfig, load_flow_config
+from flows.config import FlowConfig, load_flow_config, recovery_requested
 from flows.kafka_io import KafkaInput, ensure_topics
 
 __all__ = ["build_kafka_flow"]
@@ -40,4 +41,8 @@ def __getattr__(name: str) -> Dataflow:
     """``flows.city_kafka.flow`` for ``python -m bytewax.run``, built from the environment."""
     if name != "flow":
         raise AttributeError(name)
-    return build_kafka_flow(load_flow_config(os.environ))
+    config = load_flow_config(os.environ)
+    if recovery_requested(sys.argv, os.environ):
+        pipeline = config.pipeline.model_copy(update={"recovery": True})
+        config = config.model_copy(update={"pipeline": pipeline})
+    return build_kafka_flow(config)

@@ -33,6 +33,7 @@ __all__ = [
     "KafkaTopics",
     "PipelineConfig",
     "load_flow_config",
+    "recovery_requested",
 ]
 
 
@@ -59,6 +60,14 @@ class PipelineConfig(BaseModel):
     )
     max_age: Duration = Field(
         default=timedelta(days=3650), description="Event times further behind now are rejected."
+    )
+    recovery: bool = Field(
+        default=False,
+        description=(
+            "The flow runs with Bytewax recovery (set by the bytewax.run entry points when "
+            "-r is given): sink files get stable names, and a start without recovery state "
+            "replaces what an earlier start wrote before its first snapshot."
+        ),
     )
     catalog: Path = Field(default=DEFAULT_CATALOG, description="Indicator catalogue (YAML).")
     rules: Path = Field(default=DEFAULT_RULES, description="Threshold rules (YAML).")
@@ -233,3 +242,17 @@ def load_flow_config(environ: Mapping[str, str]) -> FlowConfig:
             var = next((v for k, v in names.items() if key == k or key.startswith(k + ".")), None)
             problems.append(problem.replace("environment", var or "environment", 1))
         raise ConfigError("environment", problems) from None
+
+
+def recovery_requested(argv: list[str], environ: Mapping[str, str]) -> bool:
+    """Whether ``python -m bytewax.run`` was asked for recovery (``-r`` or its variable).
+
+    >>> recovery_requested(["bytewax.run", "flows.city_kafka", "-r", "rec"], {})
+    True
+    >>> recovery_requested(["x"], {"BYTEWAX_RECOVERY_DIRECTORY": "rec"})
+    True
+    """
+    flags = ("-r", "--recovery-directory")
+    return bool(environ.get("BYTEWAX_RECOVERY_DIRECTORY")) or any(
+        a in flags or a.startswith("--recovery-directory=") for a in argv
+    )

@@ -14,7 +14,10 @@ is acknowledged (a broker outage holds the flow there instead of losing
 messages) and records the topic's end offsets. When it resumes after a crash,
 it reads the topic from those offsets and skips every message whose
 ``cityvitals-id`` is already there: what the crashed run sent after its last
-snapshot is not sent again.
+snapshot is not sent again. With a ``marks`` directory (runs with recovery),
+a partition that starts without state records the topic's end offsets there
+the first time, and on every later fresh start reads back from that mark:
+a start killed before its first snapshot was saved is not doubled either.
 
 Transient broker errors (a broker restarting, a network blip) are retried
 by librdkafka; only fatal errors stop the flow, with the topic in the message.
@@ -23,9 +26,12 @@ by librdkafka; only fatal errors stop the flow, with the topic in the message.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import (
@@ -189,12 +195,16 @@ class KafkaInput(FixedPartitionedSource[RawBatch, int]):
 
 
 class _OutputPartition(StatefulSinkPartition[list[OutMessage], dict[int, int]]):
-    def __init__(self, kafka: KafkaConfig, topic: str, resume: dict[int, int] | None) -> None:
+    def __init__(
+        self, kafka: KafkaConfig, topic: str, resume: dict[int, int] | None, mark: Path | None
+    ) -> None:
         self._kafka = kafka
         self._topic = topic
         self._failed: list[str] = []
         self._partitions = topic_partitions(kafka, topic)
         self._meta = Consumer(kafka.client_config(**{"group.id": "cityvitals-offsets"}))
+        if resume is None and mark is not None:
+            resume = self._fresh_start_mark(mark)
         self._skip = self._already_sent(resume) if resume else set()
         self._producer = Producer(
             kafka.client_config(
@@ -206,6 +216,16 @@ class _OutputPartition(StatefulSinkPartition[list[OutMessage], dict[int, int]]):
                 }
             )
         )
+
+    def _fresh_start_mark(self, mark: Path) -> dict[int, int] | None:
+        """The end offsets when this partition first started fresh (recorded now if unknown)."""
+        if mark.is_file():
+            return {int(p): o for p, o in orjson.loads(mark.read_bytes()).items()}
+        mark.parent.mkdir(parents=True, exist_ok=True)
+        tmp = mark.with_name(f".{mark.name}.tmp")
+        tmp.write_bytes(orjson.dumps({str(p): o for p, o in self._end_offsets().items()}))
+        os.replace(tmp, mark)
+        return None
 
     def _already_sent(self, since: dict[int, int]) -> set[str]:
         """Ids of messages written to the topic after the snapshot we resume from."""
@@ -300,13 +320,17 @@ class _OutputPartition(StatefulSinkPartition[list[OutMessage], dict[int, int]]):
 class KafkaOutput(FixedPartitionedSink[list[OutMessage], dict[int, int]]):
     """Lists of messages to ``topic``, keyed upstream by shard (``parts`` names them)."""
 
-    def __init__(self, kafka: KafkaConfig, topic: str, parts: list[str]) -> None:
+    def __init__(
+        self, kafka: KafkaConfig, topic: str, parts: list[str], marks: Path | None = None
+    ) -> None:
         self.kafka = kafka
         self.topic = topic
         self.parts = parts
+        self.marks = marks
 
     def list_parts(self) -> list[str]:
         return self.parts
 
     def build_part(self, step_id: str, for_part: str, resume_state: dict[int, int] | None):
-        return _OutputPartition(self.kafka, self.topic, resume_state)
+        mark = self.marks / f"{self.topic}.{for_part}.json" if self.marks else None
+        return _OutputPartition(self.kafka, self.topic, resume_state, mark)

@@ -11,6 +11,12 @@ file. A snapshot writes what is buffered first, so every row before the
 snapshot is in a file numbered below that. A partition resumed from the
 snapshot deletes its files numbered from there on, because the replay that
 follows writes those rows again: rows are never lost and never doubled.
+
+With ``stable_writers`` (runs with recovery) a partition's writer name is
+fixed (``r<part>``), and a partition that starts without state deletes all
+of that writer's files: the flow starts over, so what a previous start wrote
+(even one killed before its first snapshot was saved) is written again.
+Without it (one-off runs that append), every run writes under a new name.
 """
 
 from __future__ import annotations
@@ -74,6 +80,7 @@ class ParquetSink(FixedPartitionedSink[pa.Table, tuple[str, int]]):
         parts: list[str],
         flush_rows: int = 200_000,
         flush_interval: timedelta = timedelta(seconds=2),
+        stable_writers: bool = False,
     ) -> None:
         lake.table_dir(table)  # fails early, naming the tables there are
         self.lake = lake
@@ -81,6 +88,7 @@ class ParquetSink(FixedPartitionedSink[pa.Table, tuple[str, int]]):
         self.parts = parts
         self.flush_rows = flush_rows
         self.flush_interval = flush_interval
+        self.stable_writers = stable_writers
         # Unique per run and process, so runs that append never overwrite a file;
         # a resumed partition keeps the writer name of its snapshot instead.
         self._run = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
@@ -89,7 +97,10 @@ class ParquetSink(FixedPartitionedSink[pa.Table, tuple[str, int]]):
         return self.parts
 
     def build_part(self, step_id: str, for_part: str, resume_state: tuple[str, int] | None):
-        if resume_state is None:
+        if resume_state is None and self.stable_writers:
+            writer, seq = f"r{for_part}", 0
+            self.lake.discard_from(self.table, writer, seq)
+        elif resume_state is None:
             writer, seq = f"{self._run}-{for_part}", 0
         else:
             writer, seq = resume_state

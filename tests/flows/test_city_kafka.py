@@ -1,0 +1,278 @@
+"""The Kafka flow against a real broker: end to end, after SIGKILL, through a broker outage.
+
+Each test publishes the SMALL scenario into input topics of its own, starts
+``python -m bytewax.run flows.city_kafka`` as users do (settings in the
+environment, ``stop_at_end`` so it finishes), and reads the outputs back with
+an independent consumer group. The uninterrupted file run of the same scenario
+(``small_run``) is the reference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import jsonschema
+import orjson
+import pytest
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from cityvitals.lake import Lake
+from cityvitals.publish import publish
+from cityvitals.simulate import generate, incidents
+from cityvitals.summary import match_incidents
+from flows.config import KafkaConfig, KafkaTopics
+from schemas.messages import ID_HEADER
+
+ROOT = Path(__file__).resolve().parents[2]
+BREACH_SCHEMA = json.loads((ROOT / "schemas/json/breaches.schema.json").read_text())
+
+
+def kafka_config(bootstrap: str, prefix: str) -> KafkaConfig:
+    names = ("readings", "heartbeats", "gates", "workorders", "breaches", "deadletter")
+    return KafkaConfig(
+        bootstrap_servers=bootstrap, topics=KafkaTopics(**{n: f"{prefix}{n}" for n in names})
+    )
+
+
+def flow_env(kafka: KafkaConfig, out: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CITYVITALS")}
+    env |= {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "CITYVITALS__PIPELINE__OUT": str(out),
+        "CITYVITALS__KAFKA__STOP_AT_END": "true",
+    }
+    for name, topic in kafka.topics.model_dump().items():
+        if topic:
+            env[f"CITYVITALS__KAFKA__TOPICS__{name.upper()}"] = topic
+    return env | extra
+
+
+def start_flow(env: dict[str, str], recovery: Path | None, log: Path) -> subprocess.Popen:
+    args = [sys.executable, "-m", "bytewax.run", "flows.city_kafka"]
+    if recovery is not None:
+        args += ["-r", str(recovery), "-s", "1", "-b", "30"]
+    return subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
+    )
+
+
+def finish(proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"the flow did not finish in {timeout} s:\n{log.read_text()[-3000:]}")
+    assert code == 0, log.read_text()[-3000:]
+
+
+def read_topic(bootstrap: str, topic: str) -> list:
+    """Every message of ``topic`` in partition order, read by a group of its own."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{topic}-{time.monotonic_ns()}",
+            "enable.partition.eof": True,
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        parts = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+        done: set[int] = set()
+        out = []
+        deadline = time.monotonic() + 60
+        while len(done) < len(parts) and time.monotonic() < deadline:
+            for msg in consumer.consume(5000, 1.0):
+                if msg.error() is None:
+                    out.append(msg)
+                elif msg.error().code() == KafkaError._PARTITION_EOF:
+                    done.add(msg.partition())
+        assert len(done) == len(parts), f"could not read {topic} to its end"
+        return out
+    finally:
+        consumer.close()
+
+
+def breach_records(messages) -> list[dict]:
+    records = []
+    for m in messages:
+        rec = orjson.loads(m.value())
+        for key in ("first_ts", "event_ts", "emitted_at"):
+            rec[key] = datetime.fromisoformat(rec[key])
+        records.append(rec)
+    return records
+
+
+def lake_breaches(lake: Lake) -> set[tuple]:
+    con = lake.connect()
+    try:
+        return set(
+            con.execute("SELECT alert_id, sequence, state, severity FROM breaches").fetchall()
+        )
+    finally:
+        con.close()
+
+
+def lake_duplicates(out: Path) -> dict[str, int]:
+    """Rows that share their identity with another row, per table."""
+    keys = {
+        "indicator_values": "indicator_id, entity_id, window_start",
+        "breaches": "alert_id, sequence",
+        "dead_letters": 'source, partition, "offset"',
+        "ingest_batches": "source, partition, first_offset",
+    }
+    con = duckdb.connect(str(out / "cityvitals.duckdb"), read_only=True)
+    try:
+        return {
+            table: con.execute(
+                f"SELECT count(*) - count(DISTINCT ({key})) FROM {table}"
+            ).fetchone()[0]
+            for table, key in keys.items()
+        }
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def published(kafka_bootstrap, small_run) -> tuple[KafkaConfig, int]:
+    """The SMALL scenario in input topics of this module (tests use their own outputs)."""
+    scenario, _ = small_run
+    prefix = f"m{time.monotonic_ns() % 10**8}."
+    kafka = kafka_config(kafka_bootstrap, prefix)
+    stats = publish(generate(scenario), kafka, partitions=3)
+    return kafka, stats.total
+
+
+def with_outputs(kafka: KafkaConfig, prefix: str) -> KafkaConfig:
+    topics = kafka.topics.model_copy(
+        update={"breaches": f"{prefix}breaches", "deadletter": f"{prefix}deadletter"}
+    )
+    return kafka.model_copy(update={"topics": topics})
+
+
+def check_outputs(kafka: KafkaConfig, out: Path, small_run, events: int) -> list[dict]:
+    """What every Kafka test proves of a finished run; returns the breach records."""
+    scenario, reference = small_run
+    lake = Lake(out)
+    assert lake_duplicates(out) == dict.fromkeys(lake_duplicates(out), 0)
+    con = lake.connect()
+    try:
+        assert con.execute("SELECT sum(events_in) FROM ingest_batches").fetchone()[0] == events
+    finally:
+        con.close()
+    assert lake_breaches(lake) == lake_breaches(reference)
+
+    messages = read_topic(kafka.bootstrap_servers, kafka.topics.breaches)
+    ids = Counter(dict(m.headers())[ID_HEADER] for m in messages)
+    assert max(ids.values()) == 1, "a breach message was sent twice"
+    records = breach_records(messages)
+    assert {(r["alert_id"], r["sequence"], r["state"], r["severity"]) for r in records} == (
+        lake_breaches(reference)
+    )
+    results = match_incidents(records, incidents(scenario))
+    assert [r["id"] for r in results if not r["detected"]] == []
+    return records
+
+
+def test_breaches_and_dead_letters_over_kafka(published, small_run, topic_prefix, tmp_path):
+    kafka, events = published
+    kafka = with_outputs(kafka, topic_prefix)
+    log = tmp_path / "flow.log"
+    finish(start_flow(flow_env(kafka, tmp_path / "out"), None, log), log)
+
+    check_outputs(kafka, tmp_path / "out", small_run, events)
+    messages = read_topic(kafka.bootstrap_servers, kafka.topics.breaches)
+    records = breach_records(messages)
+    by_alert = defaultdict(list)
+    for m, rec in zip(messages, records, strict=True):
+        jsonschema.validate(orjson.loads(m.value()), BREACH_SCHEMA)
+        headers = dict(m.headers())
+        assert m.key() == rec["alert_id"].encode()
+        assert headers["severity"] == rec["severity"].encode()
+        assert headers["schema-version"] == b"1"
+        by_alert[rec["alert_id"]].append((m.partition(), rec["sequence"]))
+    for alert, seen in by_alert.items():
+        assert len({p for p, _ in seen}) == 1, f"alert {alert} spread over partitions"
+        assert [s for _, s in seen] == list(range(len(seen))), f"alert {alert} out of order"
+
+    dead = read_topic(kafka.bootstrap_servers, kafka.topics.deadletter)
+    con = small_run[1].connect()
+    assert len(dead) == con.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+    con.close()
+    originals = {}
+    for m in dead:
+        h = dict(m.headers())
+        topic, part, offset = (
+            h["source-topic"].decode(),
+            int(h["source-partition"]),
+            int(h["source-offset"]),
+        )
+        originals[(topic, part, offset)] = (m.value(), h["reason"].decode())
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": "check"})
+    try:
+        for (topic, part, offset), (value, reason) in originals.items():
+            consumer.assign([TopicPartition(topic, part, offset)])
+            (msg,) = consumer.consume(1, 10)
+            assert msg.offset() == offset
+            assert msg.value() == value, f"dead letter {reason} does not carry the original bytes"
+    finally:
+        consumer.close()
+
+
+def test_sigkill_mid_stream_then_restart_loses_and_doubles_nothing(
+    published, small_run, topic_prefix, tmp_path
+):
+    kafka, events = published
+    kafka = with_outputs(kafka, topic_prefix)
+    recovery = tmp_path / "recovery"
+    recovery.mkdir()
+    subprocess.run(
+        [sys.executable, "-m", "bytewax.recovery", str(recovery), "1"], check=True, cwd=ROOT
+    )
+    out = tmp_path / "out"
+    env = flow_env(kafka, out, CITYVITALS__KAFKA__MAX_POLL="300")
+    log = tmp_path / "flow.log"
+    proc = start_flow(env, recovery, log)
+    deadline = time.monotonic() + 120
+    while not list((out / "lake" / "ingest_batches").glob("date=*/*.parquet")):
+        assert proc.poll() is None, f"the flow ended before the kill:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, "nothing written within 120 s"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    con = duckdb.connect(str(out / "cityvitals.duckdb"), read_only=True)
+    seen = con.execute("SELECT coalesce(sum(events_in), 0) FROM ingest_batches").fetchone()[0]
+    con.close()
+    assert seen < events, "the kill came after the end of the stream"
+
+    finish(start_flow(env, recovery, log), log)
+    check_outputs(kafka, out, small_run, events)
+
+
+def test_the_flow_rides_out_a_20_second_broker_outage(fresh_broker, small_run, tmp_path):
+    scenario, _ = small_run
+    kafka = kafka_config(fresh_broker.bootstrap, "o.")
+    events = publish(generate(scenario), kafka, partitions=3).total
+    out = tmp_path / "out"
+    log = tmp_path / "flow.log"
+    proc = start_flow(flow_env(kafka, out, CITYVITALS__KAFKA__MAX_POLL="300"), None, log)
+    deadline = time.monotonic() + 120
+    while not list((out / "lake" / "ingest_batches").glob("date=*/*.parquet")):
+        assert proc.poll() is None, f"the flow ended early:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, "nothing ingested within 120 s"
+        time.sleep(0.2)
+    fresh_broker.stop()
+    time.sleep(20)
+    assert proc.poll() is None, f"the flow died with the broker:\n{log.read_text()[-3000:]}"
+    fresh_broker.start()
+    finish(proc, log)
+    check_outputs(kafka, out, small_run, events)
