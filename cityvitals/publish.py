@@ -45,9 +45,9 @@ from dataclasses import dataclass, field
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from flows.config import KafkaConfig, KafkaTopics
+from flows.kafka_io import KafkaIOError, ensure_topics, reason_of
 
 __all__ = [
     "KEY_FIELDS",
@@ -55,7 +55,6 @@ __all__ = [
     "PublishError",
     "PublishStats",
     "check_settings",
-    "ensure_topics",
     "pause_needed",
     "publish",
     "router",
@@ -83,9 +82,6 @@ _ACKS_ALL = {"all", "-1"}
 
 #: The admin client's librdkafka log (a line per failed connection attempt) is dropped: its
 #: errors reach the exception instead. The producer logs to ``cityvitals.publish``.
-_QUIET = logging.getLogger("cityvitals.publish.admin")
-_QUIET.addHandler(logging.NullHandler())
-_QUIET.propagate = False
 _LOG = logging.getLogger("cityvitals.publish")
 
 #: Longest burst when pacing: a rate's events are sent in slices of this many seconds.
@@ -166,57 +162,6 @@ def pause_needed(sent: int, rate: float, elapsed: float) -> float:
     return max(0.0, sent / rate - elapsed)
 
 
-def ensure_topics(
-    kafka: KafkaConfig,
-    partitions: int = 4,
-    replication_factor: int = 1,
-    timeout: float = 30.0,
-) -> tuple[str, ...]:
-    """Create the input topics of ``kafka`` that do not exist yet; return the created ones.
-
-    Existing topics are left as they are, whatever their partition count.
-    """
-    _whole("partitions", partitions)
-    _whole("replication_factor", replication_factor)
-    errors: list[str] = []  # connection problems (refused, TLS, auth), in the order seen
-    admin = AdminClient(
-        kafka.client_config(logger=_QUIET, error_cb=lambda err: errors.append(err.str()))
-    )
-    try:
-        existing = set(admin.list_topics(timeout=timeout).topics)
-    except KafkaException as exc:
-        admin.poll(0)  # serves error_cb
-        detail = f" ({errors[0]})" if errors else ""
-        raise PublishError(
-            f"cannot list the topics of Kafka at {kafka.bootstrap_servers} within "
-            f"{timeout:g} s: {_reason(exc)}{detail}"
-        ) from exc
-    missing = [t for t in dict.fromkeys(kafka.topics.inputs.values()) if t not in existing]
-    if not missing:
-        return ()
-    futures = admin.create_topics(
-        [NewTopic(t, partitions, replication_factor) for t in missing],
-        operation_timeout=timeout,
-        request_timeout=timeout,
-    )
-    created, problems = [], []
-    for topic, future in futures.items():
-        try:
-            future.result()
-        except KafkaException as exc:
-            if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
-                continue  # created meanwhile by someone else: fine
-            problems.append(f"{topic}: {_reason(exc)}")
-        else:
-            created.append(topic)
-    if problems:
-        raise PublishError(
-            f"cannot create topics with {partitions} partitions and replication factor "
-            f"{replication_factor} at {kafka.bootstrap_servers}: " + "; ".join(problems)
-        )
-    return tuple(created)
-
-
 def publish(
     lines_batches: Iterable[list[bytes]],
     kafka: KafkaConfig,
@@ -232,7 +177,7 @@ def publish(
 
     ``rate`` is in events per second (``None``: as fast as possible); ``progress`` is called
     after each batch with the number of lines sent so far. Topics missing from the cluster
-    are created first (see :func:`ensure_topics`, which ``timeout`` bounds). Raises
+    are created first (see :func:`flows.kafka_io.ensure_topics`, which ``timeout`` bounds). Raises
     :class:`PublishError` if a message is not delivered, or still queued ``flush_timeout``
     seconds after the last one was sent.
     """
@@ -245,7 +190,12 @@ def publish(
         raise ValueError(f"rate must be a finite number of events per second > 0, got {rate!r}")
     check_settings(kafka)
     started = time.perf_counter()
-    created = ensure_topics(kafka, partitions, replication_factor, timeout)
+    try:
+        created = ensure_topics(
+            kafka, list(kafka.topics.inputs.values()), partitions, replication_factor, timeout
+        )
+    except KafkaIOError as exc:
+        raise PublishError(str(exc)) from exc
 
     failures: list[tuple[str, str]] = []  # (topic, reason) of each undelivered message
     fatal: list[str] = []
@@ -290,7 +240,7 @@ def publish(
     except KafkaException as exc:  # refused before sending: too large, unknown topic, ...
         producer.flush(flush_timeout)
         raise PublishError(
-            f"cannot send a {len(line):,}-byte line to {topic}: {_reason(exc)}; "
+            f"cannot send a {len(line):,}-byte line to {topic}: {reason_of(exc)}; "
             f"publishing stopped after {sum(counts.values()):,} messages"
         ) from exc
     remaining = producer.flush(flush_timeout)
@@ -341,13 +291,3 @@ def _wait(poll: Callable[[float], int], seconds: float) -> None:
     deadline = time.perf_counter() + seconds
     while (left := deadline - time.perf_counter()) > 0:
         poll(left)
-
-
-def _whole(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-
-
-def _reason(exc: KafkaException) -> str:
-    err = exc.args[0] if exc.args else None
-    return err.str() if isinstance(err, KafkaError) else str(exc)

@@ -52,6 +52,9 @@ from schemas.messages import ID_HEADER, OutMessage
 __all__ = ["KafkaIOError", "KafkaInput", "KafkaOutput", "ensure_topics", "topic_partitions"]
 
 log = logging.getLogger(__name__)
+_QUIET = logging.getLogger("cityvitals.kafka.admin")  # the admin client's retry chatter
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
 
 _TIMEOUT = 30.0  # seconds for metadata and offset queries
 _IDLE = timedelta(milliseconds=50)  # wait before polling an empty partition again
@@ -84,24 +87,63 @@ def topic_partitions(kafka: KafkaConfig, topic: str) -> list[int]:
     return sorted(info.partitions)
 
 
-def ensure_topics(kafka: KafkaConfig, topics: list[str], partitions: int) -> list[str]:
-    """Create the topics that are missing with ``partitions`` partitions; return those created."""
-    admin = _admin(kafka)
+def ensure_topics(
+    kafka: KafkaConfig,
+    topics: list[str],
+    partitions: int = 4,
+    replication_factor: int = 1,
+    timeout: float = _TIMEOUT,
+) -> tuple[str, ...]:
+    """Create those of ``topics`` that do not exist yet; return the ones created.
+
+    Existing topics are left as they are, whatever their partition count.
+    """
+    for name, value in (("partitions", partitions), ("replication_factor", replication_factor)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    errors: list[str] = []  # connection problems (refused, TLS, auth), in the order seen
+    admin = AdminClient(
+        kafka.client_config(logger=_QUIET, error_cb=lambda err: errors.append(err.str()))
+    )
     try:
-        existing = set(admin.list_topics(timeout=_TIMEOUT).topics)
+        existing = set(admin.list_topics(timeout=timeout).topics)
     except KafkaException as exc:
-        raise KafkaIOError(f"cannot reach Kafka at {kafka.bootstrap_servers!r}: {exc}") from None
+        admin.poll(0)  # serves error_cb
+        detail = f" ({errors[0]})" if errors else ""
+        raise KafkaIOError(
+            f"cannot list the topics of Kafka at {kafka.bootstrap_servers} within "
+            f"{timeout:g} s: {reason_of(exc)}{detail}"
+        ) from exc
     missing = [t for t in dict.fromkeys(topics) if t not in existing]
     if not missing:
-        return []
-    futures = admin.create_topics([NewTopic(t, num_partitions=partitions) for t in missing])
+        return ()
+    futures = admin.create_topics(
+        [NewTopic(t, partitions, replication_factor) for t in missing],
+        operation_timeout=timeout,
+        request_timeout=timeout,
+    )
+    created, problems = [], []
     for topic, future in futures.items():
         try:
-            future.result(timeout=_TIMEOUT)
+            future.result()
         except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise KafkaIOError(f"cannot create topic {topic!r}: {exc}") from None
-    return missing
+            if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue  # created meanwhile by someone else: fine
+            problems.append(f"{topic}: {reason_of(exc)}")
+        else:
+            created.append(topic)
+    if problems:
+        raise KafkaIOError(
+            f"cannot create topics with {partitions} partitions and replication factor "
+            f"{replication_factor} at {kafka.bootstrap_servers}: " + "; ".join(problems)
+        )
+    return tuple(created)
+
+
+def reason_of(exc: KafkaException) -> str:
+    """The broker's or librdkafka's own words for a failed call."""
+    err = exc.args[0] if exc.args else None
+    return err.str() if isinstance(err, KafkaError) else str(exc)
 
 
 # -- source ---------------------------------------------------------------------------
