@@ -186,6 +186,8 @@ def check_outputs(kafka: KafkaConfig, out: Path, small_run, events: int) -> list
 def test_breaches_and_dead_letters_over_kafka(published, small_run, topic_prefix, tmp_path):
     kafka, events = published
     kafka = with_outputs(kafka, topic_prefix)
+    topics = kafka.topics.model_copy(update={"indicators": f"{topic_prefix}indicators"})
+    kafka = kafka.model_copy(update={"topics": topics})
     log = tmp_path / "flow.log"
     finish(start_flow(flow_env(kafka, tmp_path / "out"), None, log), log)
 
@@ -205,9 +207,12 @@ def test_breaches_and_dead_letters_over_kafka(published, small_run, topic_prefix
         assert [s for _, s in seen] == list(range(len(seen))), f"alert {alert} out of order"
 
     dead = read_topic(kafka.bootstrap_servers, kafka.topics.deadletter)
+    values = read_topic(kafka.bootstrap_servers, kafka.topics.indicators)
     con = small_run[1].connect()
     assert len(dead) == con.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+    assert len(values) == con.execute("SELECT count(*) FROM indicator_values").fetchone()[0]
     con.close()
+    assert len({dict(m.headers())[ID_HEADER] for m in values}) == len(values)
     originals = {}
     for m in dead:
         h = dict(m.headers())
