@@ -170,6 +170,19 @@ def _need(program: str, why: str) -> str:
     return found
 
 
+def _capture(command: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run ``command`` without input; its stdout and stderr together, as text."""
+    return subprocess.run(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def ensure_jars(version: str = KAFKA_VERSION, cache: Path | None = None) -> Path:
     """Fetch the Kafka ``version`` jars from Maven Central once; return their directory.
 
@@ -210,15 +223,7 @@ def ensure_jars(version: str = KAFKA_VERSION, cache: Path | None = None) -> Path
             "-DincludeScope=runtime",
         ]
         try:
-            done = subprocess.run(
-                command,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                text=True,
-                timeout=900,
-                check=False,
-            )
+            done = _capture(command, timeout=900)
         except subprocess.TimeoutExpired as exc:
             output = exc.output if isinstance(exc.output, str) else ""
             raise BrokerError(
@@ -527,15 +532,7 @@ class LocalKafka:
             "-c",
             str(self.properties),
         ]
-        done = subprocess.run(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        done = _capture(command, timeout=120)
         with open(self.console_file, "a") as console:
             console.write(done.stdout)
         if done.returncode != 0:

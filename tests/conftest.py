@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -52,22 +53,21 @@ def kafka_bootstrap(tmp_path_factory) -> Iterator[str]:
             )
         yield external
         return
-    kafka = LocalKafka(tmp_path_factory.mktemp("kafka"))
-    try:
-        kafka.start()
-    except (BrokerError, OSError) as exc:
-        kafka.close()
-        pytest.fail(f"could not start a local Kafka broker: {exc}", pytrace=False)
-    try:
+    with _local_broker(tmp_path_factory.mktemp("kafka")) as kafka:
         yield kafka.bootstrap
-    finally:
-        kafka.close()
 
 
 @pytest.fixture
 def fresh_broker(tmp_path) -> Iterator[LocalKafka]:
     """A started Kafka broker of the test's own, which it may stop and start again."""
-    kafka = LocalKafka(tmp_path / "kafka")
+    with _local_broker(tmp_path / "kafka") as kafka:
+        yield kafka
+
+
+@contextmanager
+def _local_broker(workdir: Path) -> Iterator[LocalKafka]:
+    """A started local broker, closed on exit; failing to start it fails the test."""
+    kafka = LocalKafka(workdir)
     try:
         kafka.start()
     except (BrokerError, OSError) as exc:
