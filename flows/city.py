@@ -69,6 +69,8 @@ class _Ingest:
     def __call__(self, clock: PartitionClock | None, batch: RawBatch):
         clock = clock or PartitionClock(self.config.allowed_lateness)
         decoded = clock.set_aside_late(self.decoder.decode(batch), self.decoder.now())
+        if batch.idle_until is not None:  # an idle partition must not hold windows open
+            clock.observe(int(batch.idle_until.timestamp() * 1_000_000))
         parts = split_by_shard(partials(self.catalog, decoded.frames), self.config.shards)
         return clock, Ingested(decoded, parts, clock.watermark_us, clock.max_event_us)
 
@@ -171,7 +173,9 @@ def build(
     dead_tables = op.map_value("dead_table", dead, lambda d: _arrow(d, DEAD_LETTERS))
     # (partition, pa.Table of dead letters)
     op.output("dead_letters_out", dead_tables, sink("dead_letters"))
-    accounting = op.map("accounting", ingested, _accounting)
+    arrived = op.filter("arrived", ingested, lambda kv: kv[1].decoded.events_in > 0)
+    # (partition, Ingested) of batches with records (not idleness ticks)
+    accounting = op.map("accounting", arrived, _accounting)
     # (partition, pa.Table): one row per batch, events_in = valid + dead_letters
     op.output("ingest_out", accounting, sink("ingest_batches"))
     sharded = op.flat_map("to_shards", ingested, _to_shards)

@@ -138,6 +138,15 @@ class KafkaConfig(BaseModel):
         description="Stop at the end of the data in the topics when the flow started.",
     )
     max_poll: int = Field(default=10_000, ge=1, description="Most messages per poll per partition.")
+    idle_timeout: Duration = Field(
+        default=timedelta(minutes=2),
+        description=(
+            "A partition caught up and quiet this long stops holding windows open: no event "
+            "older than now minus this is expected from it (later ones are late events). "
+            "Longer than the delivery delays and broker outages you expect; unused with "
+            "stop_at_end."
+        ),
+    )
     create_topics: bool = Field(default=True, description="Create missing output topics.")
     output_partitions: int = Field(default=4, ge=1, description="Partitions of created topics.")
 

@@ -5,7 +5,10 @@ each Kafka partition is one Bytewax partition, so partitions spread over the
 workers. It yields :class:`~schemas.decode.RawBatch` items (one per poll, with
 the messages' own offsets), so the same decoder as the file input sees them.
 Its recovery state is the next offset to read. With ``stop_at_end`` each
-partition stops at the end offset it had when the flow started.
+partition stops at the end offset it had when the flow started. Otherwise a
+partition that has reached its end and stays quiet for ``idle_timeout`` sends
+idleness ticks, so that it does not hold every window open (see
+:class:`~schemas.decode.RawBatch`).
 
 **Sink.** :class:`KafkaOutput` writes :class:`~schemas.messages.OutMessage`
 items to one topic with an idempotent producer (``acks=all``), so broker
@@ -58,6 +61,7 @@ _QUIET.propagate = False
 
 _TIMEOUT = 30.0  # seconds for metadata and offset queries
 _IDLE = timedelta(milliseconds=50)  # wait before polling an empty partition again
+_TICK = timedelta(seconds=1)  # idleness ticks of a quiet partition, at most this often
 
 
 class KafkaIOError(RuntimeError):
@@ -170,6 +174,9 @@ class _InputPartition(StatefulSourcePartition[RawBatch, int]):
         self._end = high if kafka.stop_at_end else None
         self._done = self._end is not None and self._next >= self._end
         self._idle = False
+        self._idle_timeout = None if kafka.stop_at_end else kafka.idle_timeout
+        self._caught_up: datetime | None = None  # when the partition's end was last reached
+        self._ticked: datetime | None = None
         self._consumer.assign([TopicPartition(topic, partition, self._next)])
 
     def next_batch(self) -> list[RawBatch]:
@@ -181,8 +188,10 @@ class _InputPartition(StatefulSourcePartition[RawBatch, int]):
             if err is None:
                 lines.append(msg.value() or b"")
                 offsets.append(msg.offset())
+                self._caught_up = None
             elif err.code() == KafkaError._PARTITION_EOF:
                 self._done = self._end is not None
+                self._caught_up = datetime.now(UTC)
             elif err.fatal() or err.code() in (
                 KafkaError.UNKNOWN_TOPIC_OR_PART,
                 KafkaError.TOPIC_AUTHORIZATION_FAILED,
@@ -197,8 +206,27 @@ class _InputPartition(StatefulSourcePartition[RawBatch, int]):
             self._done = True
         self._idle = not lines
         if not lines:
-            return []
+            return self._idle_tick()
         return [RawBatch(self._topic, self._partition, offsets[0], lines, offsets=offsets)]
+
+    def _idle_tick(self) -> list[RawBatch]:
+        """An empty batch vouching for ``now - idle_timeout``, at most once a second.
+
+        Only a partition that reached its end (not one cut off by a broker
+        outage) and stayed quiet for ``idle_timeout`` is idle.
+        """
+        if self._idle_timeout is None or self._caught_up is None:
+            return []
+        now = datetime.now(UTC)
+        quiet = now - self._caught_up >= self._idle_timeout
+        if not quiet or (self._ticked is not None and now - self._ticked < _TICK):
+            return []
+        self._ticked = now
+        return [
+            RawBatch(
+                self._topic, self._partition, self._next, [], idle_until=now - self._idle_timeout
+            )
+        ]
 
     def next_awake(self) -> datetime | None:
         return datetime.now(UTC) + _IDLE if self._idle and not self._done else None

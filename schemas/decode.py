@@ -45,6 +45,11 @@ class RawBatch:
     the others follow one by one, unless ``offsets`` gives each line's offset
     (Kafka offsets have gaps where transaction markers or compaction were).
 
+    A batch with no lines and ``idle_until`` set is an idleness tick: the
+    source partition has been caught up and quiet for a while, and vouches
+    that no event older than ``idle_until`` will follow (see
+    :meth:`indicators.watermark.PartitionClock.observe`).
+
     >>> RawBatch("t", 0, 7, [b"a", b"b"]).offset_list()
     [7, 8]
     >>> RawBatch("t", 0, 7, [b"a", b"b"], offsets=[7, 9]).offset_list()
@@ -56,6 +61,7 @@ class RawBatch:
     first_offset: int
     lines: Sequence[bytes]
     offsets: Sequence[int] | None = None
+    idle_until: datetime | None = None
 
     @property
     def key(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import polars as pl
@@ -13,9 +14,11 @@ from polars.testing import assert_frame_equal
 
 from cityvitals.lake import Lake
 from cityvitals.simulate import Scenario, write_jsonl
-from flows.city import build
+from flows.city import _Ingest, build
 from flows.config import PipelineConfig
 from flows.sources import JsonLinesSource
+from indicators.definitions import load_catalog
+from schemas.decode import Decoder, RawBatch
 
 
 def _run(path, out, **settings) -> Lake:
@@ -97,3 +100,19 @@ def test_bytewax_run_entry_point(tmp_path):
     )
     events = Lake(tmp_path / "out").connect().execute("SELECT sum(events_in) FROM ingest_batches")
     assert events.fetchone()[0] == n
+
+
+def test_an_idleness_tick_moves_the_partition_watermark_and_later_older_events_are_late():
+    now = datetime(2026, 5, 12, 7, 0, tzinfo=UTC)
+    config = PipelineConfig(allowed_lateness=timedelta(seconds=30))
+    ingest = _Ingest(Decoder(now=lambda: now), load_catalog(), config)
+    clock, first = ingest(None, RawBatch("p", 0, 0, [_reading("2026-05-12T06:00:00Z", 20.0)]))
+    assert first.watermark_us == int(datetime(2026, 5, 12, 5, 59, 30, tzinfo=UTC).timestamp() * 1e6)
+
+    quiet = datetime(2026, 5, 12, 6, 10, tzinfo=UTC)
+    clock, tick = ingest(clock, RawBatch("p", 0, 1, [], idle_until=quiet))
+    assert tick.decoded.events_in == 0
+    assert tick.watermark_us == int((quiet - timedelta(seconds=30)).timestamp() * 1e6)
+
+    _, after = ingest(clock, RawBatch("p", 0, 1, [_reading("2026-05-12T06:05:00Z", 99.0)]))
+    assert after.decoded.dead["reason"].to_list() == ["late_event"]

@@ -30,6 +30,7 @@ from cityvitals.publish import publish
 from cityvitals.simulate import generate, incidents
 from cityvitals.summary import match_incidents
 from flows.config import KafkaConfig, KafkaTopics
+from flows.kafka_io import ensure_topics
 from schemas.messages import ID_HEADER
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -281,3 +282,34 @@ def test_the_flow_rides_out_a_20_second_broker_outage(fresh_broker, small_run, t
     fresh_broker.start()
     finish(proc, log)
     check_outputs(kafka, out, small_run, events)
+
+
+def test_a_partition_with_no_data_does_not_hold_windows_open_while_tailing(
+    published, topic_prefix, tmp_path
+):
+    kafka, _ = published
+    kafka = with_outputs(kafka, topic_prefix)
+    empty = f"{topic_prefix}no-orders"
+    ensure_topics(kafka, [empty], partitions=2)
+    topics = kafka.topics.model_copy(update={"workorders": empty})
+    kafka = kafka.model_copy(update={"topics": topics})
+    env = flow_env(
+        kafka,
+        tmp_path / "out",
+        CITYVITALS__KAFKA__STOP_AT_END="false",
+        CITYVITALS__KAFKA__IDLE_TIMEOUT="2s",
+    )
+    log = tmp_path / "flow.log"
+    proc = start_flow(env, None, log)
+    try:
+        deadline = time.monotonic() + 120
+        opened = []
+        while not opened:
+            assert proc.poll() is None, f"the tailing flow ended:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "no breach published within 120 s while tailing"
+            time.sleep(1)
+            messages = read_topic(kafka.bootstrap_servers, kafka.topics.breaches)
+            opened = [r for r in breach_records(messages) if r["state"] == "opened"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
