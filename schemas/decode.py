@@ -50,10 +50,8 @@ class RawBatch:
     that no event older than ``idle_until`` will follow (see
     :meth:`indicators.watermark.PartitionClock.observe`).
 
-    >>> RawBatch("t", 0, 7, [b"a", b"b"]).offset_list()
-    [7, 8]
-    >>> RawBatch("t", 0, 7, [b"a", b"b"], offsets=[7, 9]).offset_list()
-    [7, 9]
+    >>> RawBatch("city.readings", 3, 7, [b"a", b"b"], offsets=[7, 9]).key
+    'city.readings#3'
     """
 
     source: str
@@ -67,12 +65,6 @@ class RawBatch:
     def key(self) -> str:
         """The source partition's name: ``source`` alone, or ``source#partition``."""
         return partition_key(self.source, self.partition)
-
-    def offset_list(self) -> list[int]:
-        """The offset of every line, in order."""
-        if self.offsets is not None:
-            return list(self.offsets)
-        return list(range(self.first_offset, self.first_offset + len(self.lines)))
 
 
 @dataclass(slots=True)
@@ -88,8 +80,6 @@ class Decoded:
     max_event_ts: datetime | None = None
     lines: Sequence[bytes] = ()
     offsets: Sequence[int] | None = None
-
-    offset_list = RawBatch.offset_list
 
     def rows_of(self, offsets: pl.Series) -> pl.Series:
         """Line indexes of ``offsets`` (which must be offsets of this batch)."""
