@@ -38,8 +38,6 @@ import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import (
-    OFFSET_BEGINNING,
-    OFFSET_END,
     Consumer,
     KafkaError,
     KafkaException,
@@ -150,6 +148,18 @@ def reason_of(exc: KafkaException) -> str:
     return err.str() if isinstance(err, KafkaError) else str(exc)
 
 
+def _reader(kafka: KafkaConfig, group: str) -> Consumer:
+    """A consumer for assigned partitions: it commits nothing and reports partition ends.
+
+    librdkafka wants a ``group.id`` even when partitions are assigned by hand.
+    """
+    return Consumer(
+        kafka.client_config(
+            **{"group.id": group, "enable.auto.commit": False, "enable.partition.eof": True}
+        )
+    )
+
+
 # -- source ---------------------------------------------------------------------------
 
 
@@ -158,19 +168,11 @@ class _InputPartition(StatefulSourcePartition[RawBatch, int]):
         self._topic = topic
         self._partition = partition
         self._max_poll = kafka.max_poll
-        self._consumer = Consumer(
-            kafka.client_config(
-                **{
-                    "group.id": "cityvitals",  # required by librdkafka; nothing is committed
-                    "enable.auto.commit": False,
-                    "enable.partition.eof": True,
-                }
-            )
-        )
+        self._consumer = _reader(kafka, "cityvitals")
         tp = TopicPartition(topic, partition)
         low, high = self._consumer.get_watermark_offsets(tp, timeout=_TIMEOUT)
-        start = {"earliest": OFFSET_BEGINNING, "latest": OFFSET_END}[kafka.starting_offset]
-        self._next = resume if resume is not None else (low if start == OFFSET_BEGINNING else high)
+        start = low if kafka.starting_offset == "earliest" else high
+        self._next = resume if resume is not None else start
         self._end = high if kafka.stop_at_end else None
         self._done = self._end is not None and self._next >= self._end
         self._idle = False
@@ -272,7 +274,7 @@ class _OutputPartition(StatefulSinkPartition[list[OutMessage], dict[int, int]]):
         self._topic = topic
         self._failed: list[str] = []
         self._partitions = topic_partitions(kafka, topic)
-        self._meta = Consumer(kafka.client_config(**{"group.id": "cityvitals-offsets"}))
+        self._meta = _reader(kafka, "cityvitals-offsets")
         if resume is None and mark is not None:
             resume = self._fresh_start_mark(mark)
         self._skip = self._already_sent(resume) if resume else set()
@@ -299,15 +301,7 @@ class _OutputPartition(StatefulSinkPartition[list[OutMessage], dict[int, int]]):
 
     def _already_sent(self, since: dict[int, int]) -> set[str]:
         """Ids of messages written to the topic after the snapshot we resume from."""
-        consumer = Consumer(
-            self._kafka.client_config(
-                **{
-                    "group.id": "cityvitals-resume",
-                    "enable.auto.commit": False,
-                    "enable.partition.eof": True,
-                }
-            )
-        )
+        consumer = _reader(self._kafka, "cityvitals-resume")
         ids: set[str] = set()
         try:
             ends = self._end_offsets()
