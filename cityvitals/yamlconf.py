@@ -32,7 +32,14 @@ from typing import Annotated, Any, TypeVar
 import yaml
 from pydantic import BaseModel, BeforeValidator, ValidationError
 
-__all__ = ["ConfigError", "Duration", "load_model", "parse_duration", "validate_data"]
+__all__ = [
+    "ConfigError",
+    "Duration",
+    "KeyedProblems",
+    "load_model",
+    "parse_duration",
+    "validate_data",
+]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -49,6 +56,18 @@ class ConfigError(ValueError):
         n = len(problems)
         head = f"{source}: {n} error{'s' if n != 1 else ''}"
         super().__init__("\n  ".join([head, *problems]))
+
+
+class KeyedProblems(ValueError):
+    """Raised by a model validator that found problems at keys below its model.
+
+    Each problem is ``(path, message)`` with ``path`` relative to the model
+    being validated, so the loader reports it at that key's own line.
+    """
+
+    def __init__(self, problems: list[tuple[tuple, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{'.'.join(map(str, p))}: {m}" for p, m in problems))
 
 
 def parse_duration(value: Any) -> timedelta:
@@ -126,6 +145,11 @@ def validate_data(
             loc = tuple(
                 p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))
             )
+            keyed = (err.get("ctx") or {}).get("error")
+            if isinstance(keyed, KeyedProblems):
+                for sub, msg in keyed.problems:
+                    problems.append(f"{_where((*loc, *sub), source, lines)}: {msg}")
+                continue
             problems.append(f"{_where(loc, source, lines)}: {_describe(err)}")
         raise ConfigError(source, problems) from None
     checks = getattr(value, "problems", None)

@@ -35,7 +35,7 @@ from schemas.messages import breach_messages, dead_letter_messages, indicator_me
 from thresholds.evaluate import Evaluator
 from thresholds.rules import RuleSet, load_rules
 
-__all__ = ["Ingested", "ShardItem", "build"]
+__all__ = ["Closed", "Ingested", "ShardItem", "build"]
 
 
 @dataclass(slots=True)
@@ -75,20 +75,37 @@ class _Ingest:
         return clock, Ingested(decoded, parts, clock.watermark_us, clock.max_event_us)
 
 
-class _Windows(StatefulLogic[ShardItem, pl.DataFrame, bytes]):
+@dataclass(slots=True)
+class Closed:
+    """Values of the windows a shard just closed, and its watermark (event time).
+
+    Sent whenever either changes, so silent series are judged on time.
+    """
+
+    values: pl.DataFrame
+    watermark: datetime | None
+
+
+class _Windows(StatefulLogic[ShardItem, Closed, bytes]):
     """Bytewax glue around one shard's :class:`WindowStore`."""
 
     def __init__(self, store: WindowStore) -> None:
         self.store = store
+        self._said: int | None = None  # the watermark last passed on
 
     def on_item(self, value: ShardItem):
         self.store.add(value.parts)
         out = self.store.advance(value.partition, value.watermark_us, value.max_event_us)
-        return ([out] if out.height else []), StatefulLogic.RETAIN
+        mark = self.store.watermark_us
+        if not out.height and mark == self._said:
+            return [], StatefulLogic.RETAIN
+        self._said = mark
+        at = None if mark is None else datetime.fromtimestamp(mark / 1e6, UTC)
+        return [Closed(out, at)], StatefulLogic.RETAIN
 
     def on_eof(self):
-        out = self.store.flush()
-        return ([out] if out.height else []), StatefulLogic.RETAIN
+        out = self.store.flush()  # the end of input is not silence: no watermark
+        return ([Closed(out, None)] if out.height else []), StatefulLogic.RETAIN
 
     def snapshot(self) -> bytes:
         return pickle.dumps(self.store, protocol=pickle.HIGHEST_PROTOCOL)  # a copy, frozen now
@@ -157,9 +174,9 @@ def build(
             lake, table, shards, config.flush_rows, config.flush_interval, config.recovery
         )
 
-    def evaluate(ev: Evaluator | None, values: pl.DataFrame):
+    def evaluate(ev: Evaluator | None, closed: Closed):
         ev = ev or Evaluator(rules)
-        return ev, ev.evaluate(values, now=datetime.now(UTC))
+        return ev, ev.evaluate(closed.values, now=datetime.now(UTC), watermark=closed.watermark)
 
     flow = Dataflow("cityvitals")
     raw = op.input("read", flow, source)
@@ -183,10 +200,12 @@ def build(
     values = op.stateful(
         "windows", sharded, lambda resume: _Windows(_restore(resume, catalog, partitions))
     )
-    # (shard, pl.DataFrame of indicator values for windows just closed)
+    # (shard, Closed: indicator values of windows just closed, and the watermark)
     graded = op.stateful_map("thresholds", values, evaluate)
     # (shard, (values with level, [breach state changes]))
-    value_tables = op.map_value("value_table", graded, lambda g: _arrow(g[0], INDICATOR_VALUES))
+    value_tables = op.filter_map_value(
+        "value_table", graded, lambda g: _arrow(g[0], INDICATOR_VALUES) if g[0].height else None
+    )
     # (shard, pa.Table of indicator values)
     op.output("indicator_values_out", value_tables, sink("indicator_values"))
     breaches = op.filter_map_value("breaches", graded, lambda g: g[1] or None)

@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 #: Bumped on any change to a schema that consumers can see.
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 #: The one timestamp type of the project: microseconds, timezone-aware UTC.
 TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -205,8 +205,21 @@ BREACHES = pa.schema(
         _f("sector", pa.string(), "Sector of the indicator."),
         _f("entity_type", pa.string(), "What the indicator is computed per."),
         _f("entity_id", pa.string(), "The entity in breach."),
-        _f("direction", pa.string(), "Which side is bad.", enum=("above", "below")),
-        _f("bound", pa.float64(), "The bound of the severity now in force (or cleared)."),
+        _f(
+            "measure",
+            pa.string(),
+            "What the rule judged: the window value, its change from the previous window,"
+            " or the series' silence (no_data).",
+            enum=("value", "change", "no_data"),
+        ),
+        _f("direction", pa.string(), "Which side is bad.", enum=("above", "below", "outside")),
+        _f(
+            "bound",
+            pa.float64(),
+            "The bound of the severity now in force, or the clearing bound passed on"
+            " 'cleared'; null when the change is about silence (measure no_data).",
+            nullable=True,
+        ),
         _f("value", pa.float64(), "The window value that caused the change."),
         _f("peak_value", pa.float64(), "Worst value seen in the alert's life so far."),
         _f("first_ts", TIMESTAMP, "Start of the first window in breach."),

@@ -1,16 +1,23 @@
 """From indicator values to graded levels and the lives of alerts.
 
 The :class:`Evaluator` grades every value against its rules in one
-vectorised pass. Only values that are in breach, or that belong to a series
-with an alert open or pending, go through the per-series state machine:
+vectorised pass: it picks the bands in force for each row (override,
+schedule or the rule's own), derives the judged value (the value, or for
+``measure: change`` its difference from the previous window), and grades
+it. Only values that are in breach, or that belong to a series with an
+alert open or pending, go through the per-series state machine:
 
-- **pending**: in breach, but for fewer than ``for`` windows; nothing is said;
+- **pending**: in breach, but not yet for ``for`` (windows or event time);
+  nothing is said;
 - **opened**: the first record of an alert, with a stable ``alert_id``;
 - **escalated / downgraded**: the level moved; a level is left only once the
-  value is back past its bound by ``hysteresis``, so a value that hovers on
-  a bound does not flap;
-- **cleared**: back to normal for ``clear_for`` windows; the series is then
+  value is back past its clearing bound, so a value that hovers on a bound
+  does not flap;
+- **cleared**: back to normal for ``clear_for``; the series is then
   forgotten, so state stays as small as the set of series in trouble.
+
+When the caller passes the event-time ``watermark``, series that went silent
+are handled by their rule's ``no_data`` policy (see :class:`NoData`).
 
 Each change is one record (see ``schemas.families.BREACHES``). Values must
 arrive in window order per series, which the window store guarantees.
@@ -46,7 +53,7 @@ from datetime import datetime
 import polars as pl
 
 from schemas.families import SEVERITIES
-from thresholds.rules import Rule, RuleSet
+from thresholds.rules import Rule, RuleSet, duration_met
 
 __all__ = ["Evaluator", "alert_id"]
 
@@ -68,24 +75,30 @@ def alert_id(rule_id: str, entity_id: str, first_ts: datetime) -> str:
 class _Series:
     """State of one (rule, entity) series that is in trouble."""
 
+    sector: str
+    entity_type: str
     level: str = "normal"
     pending: int = 0
     pending_since: datetime | None = None
     calm: int = 0
+    calm_since: datetime | None = None
     alert_id: str | None = None
     sequence: int = -1
     first_ts: datetime | None = None
     peak: float | None = None
+    last_end: datetime | None = None
+    silent: bool = False
     evidence: deque = field(default_factory=deque)
 
 
-def _raw_level(rule: Rule) -> pl.Expr:
-    v = pl.col("value")
-    expr = pl.lit("normal")
-    for name, bound in rule.levels.items():  # mild to grave: the last match wins
-        hit = (v >= bound) if rule.direction == "above" else (v <= bound)
-        expr = pl.when(hit).then(pl.lit(name)).otherwise(expr)
-    return expr
+@dataclass(slots=True)
+class _Seen:
+    """Last value of a series watched for silence (``no_data: alert``)."""
+
+    sector: str
+    entity_type: str
+    last_end: datetime
+    value: float
 
 
 class Evaluator:
@@ -98,6 +111,8 @@ class Evaluator:
         for r in rules.rules:
             self._by_indicator.setdefault(r.indicator, []).append(r)
         self._series: dict[str, dict[str, _Series]] = {}  # rule id -> entity -> state
+        self._previous: dict[str, pl.DataFrame] = {}  # change rules: last window per entity
+        self._seen: dict[str, dict[str, _Seen]] = {}  # no_data alert rules: entity -> last
 
     @property
     def open_alerts(self) -> int:
@@ -105,56 +120,116 @@ class Evaluator:
             1 for by_entity in self._series.values() for s in by_entity.values() if s.alert_id
         )
 
-    def evaluate(self, values: pl.DataFrame, now: datetime) -> tuple[pl.DataFrame, list[dict]]:
-        """Return ``values`` with a ``level`` column, and the alert changes they cause."""
-        if values.height == 0:
-            return values.with_columns(level=pl.lit(None, dtype=pl.String)), []
-        values = values.with_row_index("_i")
-        graded: list[pl.DataFrame] = []
+    def evaluate(
+        self, values: pl.DataFrame, now: datetime, watermark: datetime | None = None
+    ) -> tuple[pl.DataFrame, list[dict]]:
+        """Return ``values`` with a ``level`` column, and the alert changes they cause.
+
+        ``watermark`` (event time up to which every window has been delivered)
+        lets silent series be judged by their rule's ``no_data`` policy.
+        """
         changes: list[dict] = []
+        if values.height == 0:
+            out = values.with_columns(level=pl.lit(None, dtype=pl.String))
+        else:
+            out = self._grade(values.with_row_index("_i"), now, changes)
+        if watermark is not None:
+            self._silence(watermark, now, changes)
+        return out, changes
+
+    def _grade(self, values: pl.DataFrame, now: datetime, changes: list[dict]) -> pl.DataFrame:
+        graded: list[pl.DataFrame] = []
         for indicator_id, rows in values.partition_by("indicator_id", as_dict=True).items():
-            indicator_id = indicator_id[0]
             level = pl.lit("normal")
-            for rule in self._by_indicator.get(indicator_id, []):
-                raw = _raw_level(rule)
-                judged = pl.col("samples") >= rule.min_samples
+            for rule in self._by_indicator.get(indicator_id[0], []):
+                rows = self._judged(rule, rows)
+                raw = rule.level_expr(pl.col("_v"), pl.col("_variant"))
+                judged = (pl.col("samples") >= rule.min_samples) & pl.col("_v").is_not_null()
                 rows = rows.with_columns(_raw=pl.when(judged).then(raw).otherwise(None))
+                if rule.no_data is not None and rule.no_data.action == "alert":
+                    self._remember(rule, rows)
                 # Series in trouble: watched already, or in breach somewhere in this batch.
                 watched = set(self._series.get(rule.id, ()))
                 watched.update(rows.filter(pl.col("_raw") != "normal")["entity_id"].unique())
-                hot = rows.filter(pl.col("entity_id").is_in(list(watched))).sort(
-                    "entity_id", "window_start"
-                )
+                hot = rows.filter(pl.col("entity_id").is_in(pl.Series(list(watched)).implode()))
                 levels: dict[int, str] = {}
-                for row in hot.iter_rows(named=True):
-                    lvl = self._step(rule, row, now, changes)
-                    levels[row["_i"]] = lvl
-                if levels:
-                    stepped = pl.DataFrame(
-                        {"_i": list(levels), "_lvl": list(levels.values())},
-                        schema={"_i": pl.UInt32, "_lvl": pl.String},
-                    )
-                    rows = rows.join(stepped, on="_i", how="left")
-                else:
-                    rows = rows.with_columns(_lvl=pl.lit(None, dtype=pl.String))
+                for row in hot.sort("entity_id", "window_start").iter_rows(named=True):
+                    levels[row["_i"]] = self._step(rule, row, now, changes)
+                stepped = pl.DataFrame(
+                    {"_i": list(levels), "_lvl": list(levels.values())},
+                    schema={"_i": pl.UInt32, "_lvl": pl.String},
+                )
+                rows = rows.join(stepped, on="_i", how="left")
                 rule_level = pl.coalesce("_lvl", pl.lit("normal"))
                 level = pl.when(_rank(rule_level) > _rank(level)).then(rule_level).otherwise(level)
-                rows = rows.with_columns(_acc=level).drop("_raw", "_lvl")
+                rows = rows.with_columns(_acc=level).drop("_raw", "_lvl", "_v", "_variant")
                 level = pl.col("_acc")
             graded.append(rows.with_columns(level=level).drop("_acc", strict=False))
-        out = pl.concat(graded).sort("_i").drop("_i")
-        return out, changes
+        return pl.concat(graded).sort("_i").drop("_i")
+
+    def _judged(self, rule: Rule, rows: pl.DataFrame) -> pl.DataFrame:
+        """Add ``_variant`` (bands in force) and ``_v`` (the value the rule judges)."""
+        tz = self.rules.timezone
+        rows = rows.with_columns(
+            _variant=rule.variant_of(pl.col("entity_id"), pl.col("window_start"), tz)
+        )
+        if rule.measure == "value":
+            return rows.with_columns(_v=pl.col("value"))
+        # change: the difference from the same entity's previous, adjacent window.
+        cols = ["entity_id", "window_start", "window_end", "value"]
+        now = rows.select("_i", *cols)
+        before = self._previous.get(rule.id)
+        if before is not None:
+            before = before.filter(
+                pl.col("entity_id").is_in(now["entity_id"].unique().implode())
+            ).with_columns(_i=pl.lit(None, dtype=pl.UInt32))
+            now = pl.concat([before.select(now.columns), now])
+        now = now.sort("entity_id", "window_start").with_columns(
+            _v=pl.when(pl.col("window_end").shift(1).over("entity_id") == pl.col("window_start"))
+            .then(pl.col("value") - pl.col("value").shift(1).over("entity_id"))
+            .otherwise(None)
+        )
+        last = now.group_by("entity_id").agg(pl.all().exclude("_i", "_v").last()).select(cols)
+        kept = self._previous.get(rule.id)
+        if kept is not None:
+            last = pl.concat(
+                [kept.filter(~pl.col("entity_id").is_in(last["entity_id"].implode())), last]
+            )
+        self._previous[rule.id] = last
+        return rows.join(now.filter(pl.col("_i").is_not_null()).select("_i", "_v"), on="_i")
+
+    def _remember(self, rule: Rule, rows: pl.DataFrame) -> None:
+        """Note each entity's latest window, so its silence can be noticed."""
+        seen = self._seen.setdefault(rule.id, {})
+        latest = (
+            rows.sort("window_start")
+            .group_by("entity_id")
+            .agg(
+                pl.col("sector", "entity_type", "window_end").last(),
+                pl.col("_v").drop_nulls().last(),
+                pl.col("value").last(),
+            )
+        )
+        for entity, sector, etype, end, v, value in latest.iter_rows():
+            old = seen.get(entity)
+            if old is None or end > old.last_end:
+                seen[entity] = _Seen(sector, etype, end, v if v is not None else value)
+            s = self._series.get(rule.id, {}).get(entity)
+            if s is not None:
+                s.silent = False
 
     def _step(self, rule: Rule, row: dict, now: datetime, changes: list[dict]) -> str:
         entity = row["entity_id"]
         s = self._series.get(rule.id, {}).get(entity)
         raw = row["_raw"]
-        if raw is None:  # too few samples to judge: keep the state as it is
+        if raw is None:  # too few samples, or no previous window: keep the state as it is
             return s.level if s else "normal"
-        value = row["value"]
+        value, variant = row["_v"], row["_variant"]
         if s is None:
-            s = _Series(evidence=deque(maxlen=self.evidence))
+            s = _Series(row["sector"], row["entity_type"], evidence=deque(maxlen=self.evidence))
             self._series.setdefault(rule.id, {})[entity] = s
+        s.silent = False
+        s.last_end = row["window_end"]
         s.evidence.append(value)
         if s.alert_id is None:
             if raw == "normal":
@@ -163,36 +238,66 @@ class Evaluator:
             if s.pending == 0:
                 s.pending_since = row["window_start"]
             s.pending += 1
-            if s.pending < rule.for_:
+            if not duration_met(rule.for_, s.pending, row["window_end"] - s.pending_since):
                 return "normal"
             s.first_ts = s.pending_since
-            s.alert_id = alert_id(rule.id, row["entity_id"], s.first_ts)
+            s.alert_id = alert_id(rule.id, entity, s.first_ts)
             s.peak = value
-            self._emit(rule, s, row, "opened", raw, now, changes)
+            self._emit(rule, s, entity, "opened", raw, row, now, changes)
             return s.level
-        s.peak = max(s.peak, value) if rule.direction == "above" else min(s.peak, value)
-        target = raw
-        if _RANK[raw] < _RANK[s.level]:
-            # Leave a level only when the value is back past its bound by the hysteresis.
-            target = s.level
-            for name in reversed(("normal", *rule.levels)):
-                if _RANK[name] < _RANK[raw]:
-                    break
-                if rule.holds(name, value):
-                    target = name
-                    break
+        s.peak = _worse(rule, s.peak, value)
+        target = rule.settle(s.level, value, variant)
         if target == "normal":
+            if s.calm == 0:
+                s.calm_since = row["window_start"]
             s.calm += 1
-            if s.calm >= rule.clear_for:
-                self._emit(rule, s, row, "cleared", "normal", now, changes)
+            if duration_met(rule.clear_for, s.calm, row["window_end"] - s.calm_since):
+                self._emit(rule, s, entity, "cleared", "normal", row, now, changes)
                 self._forget(rule.id, entity)
                 return "normal"
             return s.level
         s.calm = 0
         if target != s.level:
             state = "escalated" if _RANK[target] > _RANK[s.level] else "downgraded"
-            self._emit(rule, s, row, state, target, now, changes)
+            self._emit(rule, s, entity, state, target, row, now, changes)
         return s.level
+
+    def _silence(self, watermark: datetime, now: datetime, changes: list[dict]) -> None:
+        """Apply ``no_data`` to every series silent for its rule's ``after``."""
+        for rule in self.rules.rules:
+            policy = rule.no_data
+            if policy is None or policy.action == "keep":
+                continue
+            series = self._series.get(rule.id, {})
+            if policy.action == "clear":
+                for entity, s in list(series.items()):
+                    if s.alert_id and watermark - s.last_end >= policy.after:
+                        row = _silent_row(s.last_end + policy.after, s.evidence[-1])
+                        self._emit(rule, s, entity, "cleared", "normal", row, now, changes, True)
+                        self._forget(rule.id, entity)
+                continue
+            for entity, seen in self._seen.get(rule.id, {}).items():
+                if watermark - seen.last_end < policy.after:
+                    continue
+                s = series.get(entity)
+                if s is not None and s.silent:
+                    continue
+                if s is None:
+                    s = _Series(seen.sector, seen.entity_type, evidence=deque(maxlen=self.evidence))
+                    series = self._series.setdefault(rule.id, series)
+                    series[entity] = s
+                s.silent = True
+                s.pending = 0
+                row = _silent_row(seen.last_end + policy.after, seen.value)
+                if s.alert_id is None:
+                    s.first_ts = seen.last_end
+                    s.alert_id = alert_id(rule.id, entity, s.first_ts)
+                    s.peak = seen.value
+                    self._emit(rule, s, entity, "opened", policy.severity, row, now, changes, True)
+                elif _RANK[policy.severity] > _RANK[s.level]:
+                    self._emit(
+                        rule, s, entity, "escalated", policy.severity, row, now, changes, True
+                    )
 
     def _forget(self, rule_id: str, entity: str) -> None:
         """Drop a series back at normal, so state only holds series in trouble."""
@@ -201,16 +306,17 @@ class Evaluator:
         if not series:
             del self._series[rule_id]
 
-    def _emit(self, rule, s: _Series, row, state, severity, now, changes) -> None:
+    def _emit(self, rule, s: _Series, entity, state, severity, row, now, changes, silent=False):
         previous = s.level
         s.sequence += 1
         s.level = severity
-        bound_level = severity if severity != "normal" else previous
-        bound = rule.levels[bound_level]
-        if severity == "normal":  # the bound it had to get back past
-            bound = (
-                bound - rule.hysteresis if rule.direction == "above" else bound + rule.hysteresis
-            )
+        value, variant = row["_v"], row["_variant"]
+        if silent:
+            bound = None
+        elif severity == "normal":  # the clearing bound it had to get back past
+            bound = rule.clearing_bound(_known(rule, previous, variant), value, variant)
+        else:
+            bound = rule.bound(severity, value, variant)
         changes.append(
             {
                 "alert_id": s.alert_id,
@@ -220,12 +326,13 @@ class Evaluator:
                 "previous_severity": previous,
                 "rule_id": rule.id,
                 "indicator_id": rule.indicator,
-                "sector": row["sector"],
-                "entity_type": row["entity_type"],
-                "entity_id": row["entity_id"],
+                "sector": s.sector,
+                "entity_type": s.entity_type,
+                "entity_id": entity,
+                "measure": "no_data" if silent else rule.measure,
                 "direction": rule.direction,
-                "bound": float(bound),
-                "value": float(row["value"]),
+                "bound": bound,
+                "value": float(value),
                 "peak_value": float(s.peak),
                 "first_ts": s.first_ts,
                 "event_ts": row["window_end"],
@@ -233,6 +340,27 @@ class Evaluator:
                 "evidence": [float(v) for v in s.evidence],
             }
         )
+
+
+def _silent_row(at: datetime, value: float) -> dict:
+    return {"window_end": at, "_v": value, "_variant": 0}
+
+
+def _known(rule: Rule, level: str, variant: int) -> str:
+    """``level`` if the bands in force have it, else their mildest level."""
+    levels = rule.variants[variant].levels
+    return level if level in levels else next(iter(levels))
+
+
+def _worse(rule: Rule, peak: float, value: float) -> float:
+    """The worse of two values under ``rule``: further out on the bad side."""
+    if rule.direction == "above":
+        return max(peak, value)
+    if rule.direction == "below":
+        return min(peak, value)
+    low, high = rule.variants[0].span(next(iter(rule.levels)), "outside")
+    middle = (low + high) / 2
+    return value if abs(value - middle) > abs(peak - middle) else peak
 
 
 def _rank(level: pl.Expr) -> pl.Expr:
