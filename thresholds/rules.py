@@ -150,12 +150,6 @@ class Schedule(Bands):
     def _clock(cls, v: object) -> time:
         return _clock(v)
 
-    @model_validator(mode="after")
-    def _not_empty(self) -> Schedule:
-        if self.from_ == self.to:
-            raise ValueError(f"expected 'from' and 'to' to differ, both are {self.to:%H:%M}")
-        return self
-
     def active(self, local: pl.Expr) -> pl.Expr:
         """Whether the schedule is in force at the local datetimes of ``local``."""
         minute = local.dt.hour().cast(pl.Int32) * 60 + local.dt.minute().cast(pl.Int32)
@@ -245,6 +239,14 @@ class Rule(Bands):
         for path, bands in self._named_variants():
             problems.extend(((*path, *p), m) for p, m in _band_problems(bands, self.direction))
         names = [s.name for s in self.schedules]
+        for i, sch in enumerate(self.schedules):
+            if sch.from_ == sch.to:
+                problems.append(
+                    (
+                        ("schedules", i, "to"),
+                        f"expected 'from' and 'to' to differ, both are {sch.to:%H:%M}",
+                    )
+                )
         for i, name in enumerate(names):
             if name in names[:i]:
                 problems.append((("schedules", i, "name"), f"got '{name}', expected a unique name"))
