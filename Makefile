@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint format schemas clean venv kafka-up kafka-down
+.PHONY: demo test lint format schemas catalog clean venv kafka-up kafka-down
 
 venv: $(STAMP)
 
@@ -24,6 +24,8 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/cityvitals schemas
+	$(BIN)/cityvitals check
+	$(BIN)/cityvitals catalog
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
@@ -36,6 +38,10 @@ format: $(STAMP)
 
 schemas: $(STAMP)
 	$(BIN)/cityvitals schemas --write
+
+# Regenerate docs/catalog.md after changing the catalogue or the rules.
+catalog: $(STAMP)
+	$(BIN)/cityvitals catalog --write
 
 # A local single-node Kafka broker (KRaft, 127.0.0.1, random ports) in .kafka/;
 # kafka-up prints its bootstrap address. The first run fetches the jars with mvn.

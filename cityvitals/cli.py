@@ -3,7 +3,9 @@
 ``cityvitals demo`` runs a simulated district afternoon through the real
 dataflow; ``cityvitals run`` processes a recorded JSON-lines file;
 ``cityvitals simulate`` writes the scenario; ``cityvitals schemas`` checks or
-regenerates the JSON Schemas.
+regenerates the JSON Schemas; ``cityvitals check`` loads every indicator and
+rule and reports threshold coverage; ``cityvitals catalog`` checks or
+regenerates the catalogue page.
 """
 
 from __future__ import annotations
@@ -339,6 +341,75 @@ def schemas(write: bool) -> None:
             f"JSON Schemas out of date: {', '.join(stale)}; run `cityvitals schemas --write`"
         )
     click.echo(f"JSON Schemas in {JSON_DIR} match the Arrow schemas")
+
+
+def _catalog_and_rules(catalog: Path | None, rules: Path | None):
+    from indicators.definitions import DEFAULT_CATALOG, load_catalog
+    from thresholds.rules import DEFAULT_RULES, load_rules
+
+    cat = load_catalog(catalog or DEFAULT_CATALOG)
+    return cat, load_rules(rules or DEFAULT_RULES, catalog=cat)
+
+
+_CATALOG_OPTION = click.option(
+    "--catalog",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Indicator catalogue (default: the packaged indicators/catalog.yaml).",
+)
+_RULES_OPTION = click.option(
+    "--rules",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Threshold rules (default: the packaged thresholds/rules.yaml).",
+)
+
+
+@main.command()
+@_CATALOG_OPTION
+@_RULES_OPTION
+def check(catalog: Path | None, rules: Path | None) -> None:
+    """Load every indicator and rule; print coverage per sector, or the errors.
+
+    Exits non-zero, naming file, line and key, if anything is wrong: an
+    indicator without thresholds, a rule for an unknown indicator,
+    inconsistent bounds.
+    """
+    from thresholds.coverage import coverage
+
+    cat, ruleset = _catalog_and_rules(catalog, rules)
+    click.echo(f"{'sector':<16}{'indicators':>11}{'with thresholds':>17}{'share':>8}{'rules':>7}")
+    for r in coverage(cat, ruleset):
+        if r.sector == "total":
+            click.echo("-" * 59)
+        click.echo(
+            f"{r.sector:<16}{r.indicators:>11}{r.with_thresholds:>17}{r.share:>8.0%}{r.rules:>7}"
+        )
+    kinds = {
+        "overrides": sum(len(r.overrides) for r in ruleset.rules),
+        "schedules": sum(len(r.schedules) for r in ruleset.rules),
+        "rate-of-change rules": sum(r.measure == "change" for r in ruleset.rules),
+        "no-data policies": sum(r.no_data is not None for r in ruleset.rules),
+    }
+    click.echo(", ".join(f"{n} {k}" for k, n in kinds.items()))
+
+
+@main.command("catalog")
+@click.option("--write", is_flag=True, help="Regenerate docs/catalog.md.")
+def catalog_cmd(write: bool) -> None:
+    """Check (or --write) docs/catalog.md, the catalogue page with every threshold."""
+    from thresholds.coverage import CATALOG_PAGE, catalog_page
+
+    page = catalog_page(*_catalog_and_rules(None, None))
+    if write:
+        CATALOG_PAGE.parent.mkdir(parents=True, exist_ok=True)
+        CATALOG_PAGE.write_text(page, encoding="utf-8")
+        click.echo(f"wrote {CATALOG_PAGE}")
+        return
+    current = CATALOG_PAGE.read_text(encoding="utf-8") if CATALOG_PAGE.exists() else None
+    if current != page:
+        raise click.ClickException(
+            f"{CATALOG_PAGE} is out of date; run `cityvitals catalog --write`"
+        )
+    click.echo(f"{CATALOG_PAGE} matches the catalogue and rules")
 
 
 def run_cli() -> None:

@@ -151,12 +151,22 @@ def validate_data(
                     problems.append(f"{_where((*loc, *sub), source, lines)}: {msg}")
                 continue
             problems.append(f"{_where(loc, source, lines)}: {_describe(err)}")
-        raise ConfigError(source, problems) from None
+        raise ConfigError(source, _by_line(problems, source)) from None
     checks = getattr(value, "problems", None)
     found = checks(context or {}) if checks else []
     if found:
         raise ConfigError(source, [f"{_where(loc, source, lines)}: {msg}" for loc, msg in found])
     return value
+
+
+def _by_line(problems: list[str], source: str) -> list[str]:
+    """Problems in file order (stable for those on one line)."""
+
+    def line(p: str) -> int:
+        head = p[len(source) + 1 :].split(":", 1)[0] if p.startswith(f"{source}:") else ""
+        return int(head) if head.isdigit() else 0
+
+    return sorted(problems, key=line)
 
 
 def load_model(path: Path | str, model: type[M], context: dict | None = None) -> M:

@@ -106,3 +106,47 @@ def test_bad_settings_stop_the_start_naming_the_key(tmp_path, args, fragment):
     assert proc.returncode == 2
     assert fragment in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+# -- check and catalog ---------------------------------------------------------------
+
+
+def test_check_reports_full_coverage_per_sector():
+    result = CliRunner().invoke(main, ["check"])
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.output.splitlines()]
+    total = next(r for r in rows if r and r[0] == "total")
+    sectors = [r for r in rows[1:] if len(r) == 5 and r[0] != "total"]
+    assert len(sectors) >= 8
+    assert all(r[3] == "100%" for r in [*sectors, total])
+    assert int(total[1]) == sum(int(r[1]) for r in sectors)
+
+
+def test_check_fails_naming_the_indicator_without_thresholds(tmp_path):
+    from indicators.definitions import DEFAULT_CATALOG
+    from thresholds.rules import DEFAULT_RULES
+
+    text = DEFAULT_RULES.read_text(encoding="utf-8")
+    start = text.index("  - {id: flood.rainfall.heavy")
+    end = text.index("  - ", start + 4)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(text[:start] + text[end:], encoding="utf-8")
+    result = CliRunner().invoke(
+        main, ["check", "--catalog", str(DEFAULT_CATALOG), "--rules", str(rules)]
+    )
+    assert result.exit_code != 0
+    assert f"{rules}:" in str(result.exception)
+    assert "'flood.rainfall' has none" in str(result.exception)
+
+
+def test_check_through_the_command_names_file_line_and_key():
+    bad = Path(__file__).parents[1] / "thresholds" / "fixtures" / "clear_wrong_side.bad.yaml"
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("cityvitals")), "check", "--rules", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert f"{bad}:12: rules.0.clear.orange: got 60" in done.stderr
+    assert done.stdout == ""
