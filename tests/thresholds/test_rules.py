@@ -54,17 +54,17 @@ def test_default_rules_are_ordered_mild_to_grave():
     for r in load_rules(catalog=load_catalog()).rules:
         names = list(r.levels)
         assert names == [n for n in LEVELS if n in names], r.id
-        bounds = list(r.levels.values())
-        assert bounds == sorted(bounds, reverse=r.direction == "below"), r.id
-        assert r.for_ >= 1
-        assert r.clear_for >= 1
+        if r.direction != "outside":
+            bounds = list(r.levels.values())
+            assert bounds == sorted(bounds, reverse=r.direction == "below"), r.id
         assert r.hysteresis >= 0
 
 
 def test_default_rules_with_one_rule_removed_name_the_uncovered_indicator(tmp_path):
     data = yaml.safe_load(DEFAULT_RULES.read_text(encoding="utf-8"))
-    dropped = next(r for r in data["rules"] if r["indicator"] == "flood.water_level")
-    data["rules"].remove(dropped)
+    kept = [r for r in data["rules"] if r["indicator"] != "flood.water_level"]
+    assert len(kept) < len(data["rules"])
+    data["rules"] = kept
     path = tmp_path / "rules.yaml"
     path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
 
