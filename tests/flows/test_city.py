@@ -50,16 +50,16 @@ def test_results_do_not_depend_on_shards_or_batch_size(tmp_path):
     assert _table(a, breaches).equals(_table(b, breaches))
 
 
-def _reading(ts: str, value: float) -> bytes:
+def _reading(ts: str, value: float, site: str = "flat-1") -> bytes:
     return orjson.dumps(
         {
             "family": "reading",
             "ts": ts,
-            "device_id": "t1",
+            "device_id": f"t-{site}",
             "device_type": "temperature_sensor",
             "metric": "temperature",
             "value": value,
-            "site_id": "flat-1",
+            "site_id": site,
             "grid_id": "D01-G01",
             "district_id": "D01",
         }
@@ -116,3 +116,48 @@ def test_an_idleness_tick_moves_the_partition_watermark_and_later_older_events_a
 
     _, after = ingest(clock, RawBatch("p", 0, 1, [_reading("2026-05-12T06:05:00Z", 99.0)]))
     assert after.decoded.dead["reason"].to_list() == ["late_event"]
+
+
+def test_a_series_that_falls_silent_is_alerted_by_the_flow_in_event_time(tmp_path):
+    """The watermark reaches the thresholds step even when no window of the silent series closes."""
+    from thresholds.rules import Rule, RuleSet
+
+    t0 = datetime(2026, 5, 12, 6, tzinfo=UTC)
+    lines = []
+    for minute in range(40):
+        ts = (t0 + timedelta(minutes=minute, seconds=5)).isoformat().replace("+00:00", "Z")
+        lines.append(_reading(ts, 21.0, "flat-2"))
+        if minute < 5:  # flat-1 goes quiet after 06:05
+            lines.append(_reading(ts, 20.0, "flat-1"))
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    rules = RuleSet(
+        rules=[
+            Rule.model_validate(
+                {
+                    "id": "flat.silent",
+                    "indicator": "fire.temperature",
+                    "direction": "above",
+                    "levels": {"red": 70},
+                    "no_data": {"after": "10m", "action": "alert", "severity": "orange"},
+                }
+            )
+        ]
+    )
+    config = PipelineConfig(out=tmp_path / "out", batch_size=7, allowed_lateness="30s")
+    run_main(build(JsonLinesSource(path, config.batch_size), config, rules=rules))
+    got = _table(
+        Lake(tmp_path / "out"),
+        "SELECT entity_id, state, severity, measure, bound, first_ts, event_ts FROM breaches",
+    )
+    assert got.rows() == [
+        (
+            "flat-1",
+            "opened",
+            "orange",
+            "no_data",
+            None,
+            t0 + timedelta(minutes=5),
+            t0 + timedelta(minutes=15),
+        )
+    ]
