@@ -31,6 +31,7 @@ from cityvitals.simulate import generate, incidents
 from cityvitals.summary import match_incidents
 from flows.config import KafkaConfig, KafkaTopics
 from flows.kafka_io import ensure_topics
+from schemas.families import SCHEMA_VERSION
 from schemas.messages import ID_HEADER
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -201,7 +202,7 @@ def test_breaches_and_dead_letters_over_kafka(published, small_run, topic_prefix
         headers = dict(m.headers())
         assert m.key() == rec["alert_id"].encode()
         assert headers["severity"] == rec["severity"].encode()
-        assert headers["schema-version"] == b"1"
+        assert headers["schema-version"] == SCHEMA_VERSION.encode()
         by_alert[rec["alert_id"]].append((m.partition(), rec["sequence"]))
     for alert, seen in by_alert.items():
         assert len({p for p, _ in seen}) == 1, f"alert {alert} spread over partitions"
