@@ -2,9 +2,9 @@
 
 A batch's validated frame becomes, per indicator, a small frame of partial
 aggregates keyed by ``(entity_id, window_start)``. Partials merge by
-addition (``n``, ``sum``), by ``min``/``max``, or by union (``values``,
-``members``), so they can be computed where the data is and combined later
-in keyed window state (:mod:`indicators.windows`).
+addition (``n``, ``sum``, ``num``, ``den``), by ``min``/``max``, or by union
+(``values``, ``members``), so they can be computed where the data is and
+combined later in keyed window state (:mod:`indicators.windows`).
 
 Time inside is integer microseconds since the epoch (UTC); windows are
 tumbling and aligned to the epoch.
@@ -47,18 +47,28 @@ def _entity(d: IndicatorDef) -> pl.Expr:
     return (cols[0] if len(cols) == 1 else pl.concat_str(cols, separator="/")).alias("entity_id")
 
 
+def _matches(filter_: dict[str, str]) -> pl.Expr:
+    """Rows whose columns all equal the filter's values (a null never matches)."""
+    return pl.all_horizontal([pl.col(k) == v for k, v in filter_.items()]).fill_null(False)
+
+
 def _selected(d: IndicatorDef, frame: pl.LazyFrame) -> pl.LazyFrame:
     if d.where:
-        frame = frame.filter(*[pl.col(k) == v for k, v in d.where.items()])
+        frame = frame.filter(_matches(d.where))
     if d.aggregation == "overdue":
         # Per-order events stay rows: the order state machine needs each one.
-        return frame.select(
+        return frame.filter(pl.col(d.field).is_not_null()).select(
             _entity(d),
             window_start_us(d.window_us),
             pl.col(d.field).alias("order_id"),
             "status",
             "event_class",
             ts_us().alias("t"),
+        )
+    if d.aggregation == "ratio":
+        num, den = _matches(d.numerator), _matches(d.denominator)
+        return frame.filter(pl.col(d.field).is_not_null() & (num | den)).select(
+            _entity(d), window_start_us(d.window_us), num.alias("num"), den.alias("den")
         )
     value = pl.col(d.field)
     if d.aggregation == "count":  # counts rows that have the field, whatever its type
@@ -75,7 +85,20 @@ def _selected(d: IndicatorDef, frame: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def partial(d: IndicatorDef, frame: pl.DataFrame) -> pl.DataFrame:
-    """Partial aggregate of one indicator over one family frame."""
+    """Partial aggregate of one indicator over one family frame.
+
+    A ``ratio`` partial counts, per entity and window, the rows matching its
+    numerator (``num``) and its denominator (``den``); a row may match both.
+
+    >>> from datetime import datetime, UTC
+    >>> from indicators.definitions import load_catalog
+    >>> d = load_catalog()["workorder.closure_rate"]
+    >>> f = pl.DataFrame({"ts": [datetime(2026, 5, 12, 6, m, tzinfo=UTC) for m in (1, 2, 3)],
+    ...                   "order_id": ["a", "b", "a"], "district_id": ["D1"] * 3,
+    ...                   "status": ["reported", "reported", "closed"]})
+    >>> partial(d, f).select("entity_id", "num", "den").rows()
+    [('D1', 1, 2)]
+    """
     return _plan(d, frame.lazy()).collect()
 
 
@@ -84,6 +107,10 @@ def _plan(d: IndicatorDef, frame: pl.LazyFrame) -> pl.LazyFrame:
     keys = ["entity_id", "window_start"]
     if d.aggregation == "overdue":
         return rows
+    if d.aggregation == "ratio":
+        return rows.group_by(keys).agg(
+            pl.col("num").sum().cast(pl.Int64), pl.col("den").sum().cast(pl.Int64)
+        )
     if d.aggregation == "online_rate":
         return rows.group_by(keys).agg(pl.len().alias("n"), pl.col("v").unique().alias("members"))
     aggs = [

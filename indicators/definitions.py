@@ -4,6 +4,19 @@
 >>> d = cat["fire.temperature"]
 >>> d.family, d.entity.by, d.window, d.aggregation
 ('reading', ['site_id'], datetime.timedelta(seconds=60), 'max')
+>>> r = cat["workorder.closure_rate"]
+>>> r.aggregation, r.numerator, r.denominator
+('ratio', {'status': 'closed'}, {'status': 'reported'})
+
+Every check names the key it is about, so a bad catalogue says where to look:
+
+>>> bad = dict(r.model_dump(exclude_none=True), numerator={"status": "finished"})
+>>> IndicatorDef.model_validate(bad)  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+pydantic_core._pydantic_core.ValidationError: 1 validation error for IndicatorDef
+numerator
+  Value error, expected values of 'status' among ['reported', ...], not 'finished' ...
 """
 
 from __future__ import annotations
@@ -12,7 +25,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from cityvitals.yamlconf import ConfigError, Duration, load_model
 from schemas.families import INPUT_FAMILIES
@@ -21,7 +35,20 @@ __all__ = ["DEFAULT_CATALOG", "Aggregation", "Catalog", "IndicatorDef", "load_ca
 
 DEFAULT_CATALOG = Path(__file__).with_name("catalog.yaml")
 
-Aggregation = Literal["mean", "max", "min", "sum", "count", "p95", "online_rate", "overdue"]
+Aggregation = Literal[
+    "mean",
+    "max",
+    "min",
+    "sum",
+    "count",
+    "p95",
+    "ratio",
+    "online_rate",
+    "overdue",
+]
+
+#: Aggregations of one numeric value per row; the only ones ``divide_by`` applies to.
+_VALUE_AGGREGATIONS = ("mean", "max", "min", "sum", "p95")
 
 
 class _Strict(BaseModel):
@@ -35,8 +62,46 @@ class Entity(_Strict):
     by: list[str] = Field(min_length=1)
 
 
+def _family_schema(info: ValidationInfo) -> pa.Schema | None:
+    family = info.data.get("family")
+    return INPUT_FAMILIES[family] if family is not None else None
+
+
+def _check_columns(used: list[str], info: ValidationInfo) -> None:
+    schema = _family_schema(info)
+    if schema is None:
+        return
+    missing = [c for c in used if c not in schema.names]
+    if missing:
+        raise ValueError(
+            f"expected columns of family '{info.data['family']}' ({sorted(schema.names)}), "
+            f"not {missing}"
+        )
+
+
+def _check_filter(v: dict[str, str], info: ValidationInfo) -> None:
+    """Columns of a filter exist, are strings, and values are among their allowed ones."""
+    _check_columns(list(v), info)
+    schema = _family_schema(info)
+    if schema is None:
+        return
+    for column, value in v.items():
+        f = schema.field(column)
+        if f.type != pa.string():
+            raise ValueError(f"expected a string column to filter on, '{column}' is {f.type}")
+        enum = (f.metadata or {}).get(b"enum")
+        allowed = enum.decode().split(",") if enum else None
+        if allowed is not None and value not in allowed:
+            raise ValueError(f"expected values of '{column}' among {allowed}, not '{value}'")
+
+
 class IndicatorDef(_Strict):
-    """One vital-sign indicator."""
+    """One vital-sign indicator.
+
+    Fields are validated in the order declared, and each check sits on the key
+    it is about (``family`` and ``aggregation`` come first, the rest is judged
+    against them).
+    """
 
     id: str = Field(pattern=r"^[a-z][a-z0-9_]*\.[a-z0-9_.]+$")
     name_zh: str = Field(min_length=1)
@@ -44,14 +109,35 @@ class IndicatorDef(_Strict):
     sector: str = Field(min_length=1)
     unit: str = Field(min_length=1)
     family: Literal["reading", "heartbeat", "gate", "workorder"]
-    where: dict[str, str] = Field(default_factory=dict)
-    entity: Entity
-    window: Duration
     aggregation: Aggregation
     field: str
+    entity: Entity
+    where: dict[str, str] = Field(default_factory=dict)
+    window: Duration
     divide_by: str | None = None
-    params: dict[str, dict[str, Duration]] = Field(default_factory=dict)
+    #: For ``ratio``: the rows counted above and below the line (column -> value).
+    numerator: dict[str, str] = Field(default_factory=dict, validate_default=True)
+    denominator: dict[str, str] = Field(default_factory=dict, validate_default=True)
+    params: dict[str, dict[str, Duration]] = Field(default_factory=dict, validate_default=True)
     description: str = Field(min_length=1)
+
+    @field_validator("field")
+    @classmethod
+    def _field_exists(cls, v: str, info: ValidationInfo) -> str:
+        _check_columns([v], info)
+        return v
+
+    @field_validator("entity")
+    @classmethod
+    def _entity_columns(cls, v: Entity, info: ValidationInfo) -> Entity:
+        _check_columns(v.by, info)
+        return v
+
+    @field_validator("where")
+    @classmethod
+    def _where_columns(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        _check_filter(v, info)
+        return v
 
     @field_validator("window")
     @classmethod
@@ -60,20 +146,42 @@ class IndicatorDef(_Strict):
             raise ValueError("expected a window of whole seconds, at least 1s")
         return v
 
-    @model_validator(mode="after")
-    def _columns_exist(self) -> IndicatorDef:
-        columns = set(INPUT_FAMILIES[self.family].names)
-        used = [*self.where, *self.entity.by, self.field]
-        if self.divide_by:
-            used.append(self.divide_by)
-        missing = [c for c in used if c not in columns]
-        if missing:
+    @field_validator("divide_by")
+    @classmethod
+    def _divide_by(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return v
+        _check_columns([v], info)
+        aggregation = info.data.get("aggregation")
+        if aggregation is not None and aggregation not in _VALUE_AGGREGATIONS:
             raise ValueError(
-                f"expected columns of family '{self.family}' ({sorted(columns)}), not {missing}"
+                f"expected divide_by only with {list(_VALUE_AGGREGATIONS)}, not '{aggregation}'"
             )
-        if self.aggregation == "overdue" and "deadlines" not in self.params:
+        return v
+
+    @field_validator("numerator", "denominator")
+    @classmethod
+    def _ratio_filters(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        aggregation = info.data.get("aggregation")
+        if aggregation != "ratio":
+            if v:
+                raise ValueError(
+                    f"expected {info.field_name} only with 'ratio', not '{aggregation}'"
+                )
+            return v
+        if not v:
+            raise ValueError(
+                f"expected a non-empty {info.field_name} filter (column: value) for a 'ratio'"
+            )
+        _check_filter(v, info)
+        return v
+
+    @field_validator("params")
+    @classmethod
+    def _deadlines(cls, v: dict, info: ValidationInfo) -> dict:
+        if info.data.get("aggregation") == "overdue" and "deadlines" not in v:
             raise ValueError("expected params.deadlines for an 'overdue' indicator")
-        return self
+        return v
 
     @property
     def window_us(self) -> int:

@@ -92,6 +92,8 @@ _MERGE = {
     "sum": pl.col("sum").sum(),
     "min": pl.col("min").min(),
     "max": pl.col("max").max(),
+    "num": pl.col("num").sum(),
+    "den": pl.col("den").sum(),
     "values": pl.col("values").list.explode(keep_nulls=False, empty_as_null=False),
 }
 
@@ -106,11 +108,17 @@ _FINISH = {
         pl.col("values").list.eval(pl.element().quantile(0.95, "linear")).list.first(),
         pl.col("n"),
     ),
+    "ratio": (pl.col("num") / pl.col("den"), pl.col("den")),
 }
 
 
 class _Columns:
-    """mean / max / min / sum / count / p95 over one input column."""
+    """mean / max / min / sum / count / p95 over one input column, and ratio of two counts.
+
+    A ``ratio`` window whose denominator counted no row emits nothing for that
+    entity: a rate of nothing is unknown, not 0. Its ``samples`` is the
+    denominator's count.
+    """
 
     def __init__(self, d: IndicatorDef) -> None:
         self.d = d
@@ -147,6 +155,8 @@ class _Columns:
         self._parts = [rest] if rest.height else []
         self._first = rest["window_start"].min() if rest.height else None
         value, samples = _FINISH[self.d.aggregation]
+        if self.d.aggregation == "ratio":
+            done = done.filter(pl.col("den") > 0)
         if not done.height:
             return None
         return done.select(

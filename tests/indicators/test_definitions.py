@@ -63,7 +63,8 @@ def test_default_catalogue_loads_with_the_core_indicators():
 def test_default_catalogue_columns_exist_in_their_family():
     for d in load_catalog().indicators:
         columns = set(INPUT_FAMILIES[d.family].names)
-        assert {*d.where, *d.entity.by, d.field} <= columns, d.id
+        used = {*d.where, *d.entity.by, d.field, *d.numerator, *d.denominator}
+        assert used <= columns, d.id
         assert d.window_us == int(d.window.total_seconds()) * 1_000_000
         assert d.window_us >= 1_000_000
 
@@ -118,6 +119,9 @@ def test_invalid_yaml_names_the_line(tmp_path):
         ({"where": {"colour": "red"}}, "colour"),
         ({"divide_by": "capacityy"}, "capacityy"),
         ({"entity": {"type": "flat", "by": []}}, "entity.by"),
+        ({"where": {"metric": "temprature"}}, "among"),
+        ({"where": {"value": "1"}}, "string column"),
+        ({"numerator": {"metric": "temperature"}}, "only with 'ratio'"),
     ],
 )
 def test_model_rejects_bad_definitions(changes, fragment):
