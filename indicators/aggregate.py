@@ -4,7 +4,9 @@ A batch's validated frame becomes, per indicator, a small frame of partial
 aggregates keyed by ``(entity_id, window_start)``. Partials merge by
 addition (``n``, ``sum``, ``num``, ``den``), by ``min``/``max``, or by union
 (``values``, ``members``), so they can be computed where the data is and
-combined later in keyed window state (:mod:`indicators.windows`).
+combined later in keyed window state (:mod:`indicators.windows`). The
+order-lifecycle measures keep one row per status change instead: their
+state (:mod:`indicators.lifecycle`) joins each order's changes by order id.
 
 Time inside is integer microseconds since the epoch (UTC); windows are
 tumbling and aligned to the epoch.
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from indicators.definitions import Catalog, IndicatorDef
+from indicators.definitions import LIFECYCLE, Catalog, IndicatorDef
 
 __all__ = ["partial", "partials", "shard_of", "split_by_shard", "ts_us", "window_start_us"]
 
@@ -55,7 +57,7 @@ def _matches(filter_: dict[str, str]) -> pl.Expr:
 def _selected(d: IndicatorDef, frame: pl.LazyFrame) -> pl.LazyFrame:
     if d.where:
         frame = frame.filter(_matches(d.where))
-    if d.aggregation == "overdue":
+    if d.aggregation in LIFECYCLE:
         # Per-order events stay rows: the order state machine needs each one.
         return frame.filter(pl.col(d.field).is_not_null()).select(
             _entity(d),
@@ -105,7 +107,7 @@ def partial(d: IndicatorDef, frame: pl.DataFrame) -> pl.DataFrame:
 def _plan(d: IndicatorDef, frame: pl.LazyFrame) -> pl.LazyFrame:
     rows = _selected(d, frame)
     keys = ["entity_id", "window_start"]
-    if d.aggregation == "overdue":
+    if d.aggregation in LIFECYCLE:
         return rows
     if d.aggregation == "ratio":
         return rows.group_by(keys).agg(

@@ -29,7 +29,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from cityvitals.yamlconf import ConfigError, Duration, load_model
-from schemas.families import INPUT_FAMILIES
+from schemas.families import EVENT_CLASSES, INPUT_FAMILIES
 
 __all__ = ["DEFAULT_CATALOG", "Aggregation", "Catalog", "IndicatorDef", "load_catalog"]
 
@@ -45,10 +45,28 @@ Aggregation = Literal[
     "ratio",
     "online_rate",
     "overdue",
+    "open_orders",
+    "dispatch_delay_p50",
+    "dispatch_delay_p90",
+    "arrival_time_mean",
+    "on_time_rate",
 ]
 
+#: Measures of the order-lifecycle state (:mod:`indicators.lifecycle`).
+LIFECYCLE: tuple[str, ...] = (
+    "overdue",
+    "open_orders",
+    "dispatch_delay_p50",
+    "dispatch_delay_p90",
+    "arrival_time_mean",
+    "on_time_rate",
+)
 #: Aggregations of one numeric value per row; the only ones ``divide_by`` applies to.
 _VALUE_AGGREGATIONS = ("mean", "max", "min", "sum", "p95")
+#: Lifecycle measures judged against the 1510 dispatch deadlines.
+_NEEDS_DEADLINES = ("overdue", "on_time_rate")
+#: Work-order columns every status change of one order repeats unchanged.
+_ORDER_INVARIANT = ("district_id", "department", "grid_id", "event_class")
 
 
 class _Strict(BaseModel):
@@ -60,6 +78,25 @@ class Entity(_Strict):
 
     type: str = Field(min_length=1)
     by: list[str] = Field(min_length=1)
+
+
+class Params(_Strict):
+    """Settings of the order-lifecycle measures."""
+
+    #: The "1510" dispatch deadline of each event class, counted from the report.
+    deadlines: dict[str, Duration] | None = None
+
+    @field_validator("deadlines")
+    @classmethod
+    def _known_classes(cls, v: dict[str, timedelta] | None) -> dict[str, timedelta] | None:
+        if v is None:
+            return v
+        unknown = sorted(set(v) - set(EVENT_CLASSES))
+        if unknown:
+            raise ValueError(
+                f"expected deadlines of the classes {list(EVENT_CLASSES)}, not {unknown}"
+            )
+        return v
 
 
 def _family_schema(info: ValidationInfo) -> pa.Schema | None:
@@ -118,25 +155,49 @@ class IndicatorDef(_Strict):
     #: For ``ratio``: the rows counted above and below the line (column -> value).
     numerator: dict[str, str] = Field(default_factory=dict, validate_default=True)
     denominator: dict[str, str] = Field(default_factory=dict, validate_default=True)
-    params: dict[str, dict[str, Duration]] = Field(default_factory=dict, validate_default=True)
+    params: Params = Field(default_factory=dict, validate_default=True)
     description: str = Field(min_length=1)
+
+    @field_validator("aggregation")
+    @classmethod
+    def _lifecycle_reads_work_orders(cls, v: str, info: ValidationInfo) -> str:
+        family = info.data.get("family")
+        if v in LIFECYCLE and family is not None and family != "workorder":
+            raise ValueError(
+                f"expected family 'workorder' for the order-lifecycle measure '{v}', not '{family}'"
+            )
+        return v
 
     @field_validator("field")
     @classmethod
     def _field_exists(cls, v: str, info: ValidationInfo) -> str:
         _check_columns([v], info)
+        if info.data.get("aggregation") in LIFECYCLE and v != "order_id":
+            raise ValueError("expected 'order_id' as the field of an order-lifecycle measure")
         return v
 
     @field_validator("entity")
     @classmethod
     def _entity_columns(cls, v: Entity, info: ValidationInfo) -> Entity:
         _check_columns(v.by, info)
+        if info.data.get("aggregation") in LIFECYCLE:
+            varying = [c for c in v.by if c not in _ORDER_INVARIANT]
+            if varying:
+                raise ValueError(
+                    f"expected an order-lifecycle measure keyed by columns every status change of "
+                    f"an order repeats ({list(_ORDER_INVARIANT)}), not {varying}"
+                )
         return v
 
     @field_validator("where")
     @classmethod
     def _where_columns(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         _check_filter(v, info)
+        if info.data.get("aggregation") in LIFECYCLE and "status" in v:
+            raise ValueError(
+                "expected no filter on 'status' for an order-lifecycle measure, "
+                "which follows every status change"
+            )
         return v
 
     @field_validator("window")
@@ -178,9 +239,23 @@ class IndicatorDef(_Strict):
 
     @field_validator("params")
     @classmethod
-    def _deadlines(cls, v: dict, info: ValidationInfo) -> dict:
-        if info.data.get("aggregation") == "overdue" and "deadlines" not in v:
-            raise ValueError("expected params.deadlines for an 'overdue' indicator")
+    def _deadlines(cls, v: Params, info: ValidationInfo) -> Params:
+        aggregation = info.data.get("aggregation")
+        if aggregation is None:
+            return v
+        if aggregation not in _NEEDS_DEADLINES:
+            if v.deadlines is not None:
+                raise ValueError(
+                    f"expected params.deadlines only with {list(_NEEDS_DEADLINES)}, "
+                    f"not '{aggregation}'"
+                )
+            return v
+        missing = [c for c in EVENT_CLASSES if c not in (v.deadlines or {})]
+        if missing:
+            raise ValueError(
+                f"expected params.deadlines for every 1510 class of an '{aggregation}' "
+                f"indicator, {missing} have none"
+            )
         return v
 
     @property

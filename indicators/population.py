@@ -3,7 +3,8 @@
 A population indicator's value at a window end depends on what came before
 (devices heard earlier, orders reported earlier), so its windows close one
 after another, in order, each from the rows of that window plus the state
-the earlier ones left: :class:`OnlineRate` and :class:`Overdue`.
+the earlier ones left. :class:`OnlineRate` is one;
+:class:`indicators.lifecycle.OrderLifecycle` is the other.
 
 ``close`` returns raw rows (``entity_id``, ``window_start`` in epoch
 microseconds, ``value``, ``samples``); :class:`indicators.windows.WindowStore`
@@ -18,7 +19,7 @@ import polars as pl
 
 from indicators.definitions import IndicatorDef
 
-__all__ = ["RAW_SCHEMA", "OnlineRate", "Overdue", "Population"]
+__all__ = ["RAW_SCHEMA", "OnlineRate", "Population"]
 
 #: What every window state's ``close`` returns.
 RAW_SCHEMA = pl.Schema(
@@ -88,39 +89,3 @@ class OnlineRate(Population):
         for entity, known in self._known.items():
             on = heard.get(entity, ())
             yield entity, start, len(on) / len(known), samples.get(entity, 0)
-
-
-class Overdue(Population):
-    """Open orders past their dispatch deadline at the window end, per entity.
-
-    An order enters at ``reported`` with the deadline of its class and leaves
-    when it is ``dispatched``; an order dispatched late still counted as
-    overdue at every window end it was late for.
-    """
-
-    def __init__(self, d: IndicatorDef) -> None:
-        super().__init__(d)
-        self._deadline_us = {
-            cls: int(td.total_seconds() * 1_000_000) for cls, td in d.params["deadlines"].items()
-        }
-        self._open: dict[str, tuple[str, int]] = {}  # order_id -> (entity, deadline_us)
-        self._entities: set[str] = set()
-
-    def _close_window(self, start, rows):
-        end = start + self.d.window_us
-        events: dict[str, int] = {}
-        if rows is not None and rows.height:
-            cols = ("entity_id", "order_id", "status", "event_class", "t")
-            for entity, order_id, status, cls, t in rows.sort("t").select(cols).iter_rows():
-                self._entities.add(entity)
-                events[entity] = events.get(entity, 0) + 1
-                if status == "reported" and cls in self._deadline_us:
-                    self._open[order_id] = (entity, t + self._deadline_us[cls])
-                elif status == "dispatched":
-                    self._open.pop(order_id, None)
-        overdue = dict.fromkeys(self._entities, 0)
-        for entity, deadline in self._open.values():
-            if deadline <= end:
-                overdue[entity] += 1
-        for entity, count in overdue.items():
-            yield entity, start, float(count), events.get(entity, 0)

@@ -12,9 +12,12 @@ into its window; what comes later is rejected before it gets here (the
 ingest step makes it a ``late_event`` dead letter), so a closed window never
 changes.
 
-Population indicators (``online_rate``, ``overdue``) emit a value for every
-entity they know at every window end, even one with no input in that window:
-a grid whose devices all went silent reads 0 %, not nothing.
+Population indicators (``online_rate``, and the order-lifecycle counts
+``overdue`` and ``open_orders``) emit a value for every entity they know at
+every window end, even one with no input in that window: a grid whose
+devices all went silent reads 0 %, not nothing. The other lifecycle measures
+(:mod:`indicators.lifecycle`) share their in-order closing but emit only
+for entities with orders to measure.
 
 >>> import polars as pl
 >>> from indicators.definitions import load_catalog
@@ -35,8 +38,9 @@ from collections.abc import Iterable
 
 import polars as pl
 
-from indicators.definitions import Catalog, IndicatorDef
-from indicators.population import OnlineRate, Overdue, Population
+from indicators.definitions import LIFECYCLE, Catalog, IndicatorDef
+from indicators.lifecycle import OrderLifecycle
+from indicators.population import OnlineRate, Population
 from schemas.families import INDICATOR_VALUES, polars_schema
 
 __all__ = ["VALUES_SCHEMA", "WindowStore"]
@@ -167,7 +171,7 @@ class _Columns:
         )
 
 
-_KINDS = {"online_rate": OnlineRate, "overdue": Overdue}
+_KINDS = {"online_rate": OnlineRate, **dict.fromkeys(LIFECYCLE, OrderLifecycle)}
 
 
 class WindowStore:

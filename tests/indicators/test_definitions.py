@@ -71,8 +71,8 @@ def test_default_catalogue_columns_exist_in_their_family():
 
 def test_default_catalogue_details_users_rely_on():
     cat = load_catalog(DEFAULT_CATALOG)
-    assert cat["workorder.overdue"].params["deadlines"]["small"] == timedelta(minutes=30)
-    assert cat["workorder.overdue"].params["deadlines"]["thorny"] == timedelta(days=10)
+    assert cat["workorder.overdue"].params.deadlines["small"] == timedelta(minutes=30)
+    assert cat["workorder.overdue"].params.deadlines["thorny"] == timedelta(days=10)
     assert cat["device.online_rate"].aggregation == "online_rate"
     assert cat["device.online_rate"].entity.by == ["device_type", "grid_id"]
     assert cat["parking.occupancy_rate"].divide_by == "capacity"
@@ -122,6 +122,8 @@ def test_invalid_yaml_names_the_line(tmp_path):
         ({"where": {"metric": "temprature"}}, "among"),
         ({"where": {"value": "1"}}, "string column"),
         ({"numerator": {"metric": "temperature"}}, "only with 'ratio'"),
+        ({"params": {"deadlines": {"small": "30m"}}}, "only with"),
+        ({"aggregation": "on_time_rate"}, "family 'workorder'"),
     ],
 )
 def test_model_rejects_bad_definitions(changes, fragment):
