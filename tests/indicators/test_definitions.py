@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from cityvitals.yamlconf import ConfigError
-from indicators.definitions import DEFAULT_CATALOG, IndicatorDef, load_catalog
-from schemas.families import INPUT_FAMILIES
+from indicators.definitions import DEFAULT_CATALOG, LIFECYCLE, IndicatorDef, load_catalog
+from schemas.families import EVENT_CLASSES, INPUT_FAMILIES
 from tests.config_fixtures import assert_problems_match, expectations
 
 FIXTURES = Path(__file__).with_name("fixtures")
@@ -58,6 +58,46 @@ def test_default_catalogue_loads_with_the_core_indicators():
     cat = load_catalog()
     assert REQUIRED_IDS <= set(cat.ids)
     assert len(cat.ids) == len(set(cat.ids))
+
+
+#: The sectors of DOMAIN.md, each with its indicators.
+SECTORS = {
+    "parking",
+    "traffic",
+    "fire",
+    "sensing",
+    "crowd",
+    "flood",
+    "road_collapse",
+    "infrastructure",
+    "workorder",
+    "service",
+}
+
+
+def test_default_catalogue_covers_every_domain():
+    cat = load_catalog()
+    assert len(cat.ids) >= 44
+    assert {d.sector for d in cat.indicators} == SECTORS
+    assert {"ratio", *LIFECYCLE} <= {d.aggregation for d in cat.indicators}
+    assert {
+        "workorder.closure_rate",
+        "workorder.return_rate",
+        "workorder.on_time_rate",
+        "workorder.open",
+        "workorder.arrival_time",
+        "device.online_rate_district",
+        "device.online_rate_all",
+        "flood.rainfall_1h",
+        "collapse.road_vibration_p95",
+        "parking.gate_exit_entry_ratio",
+    } <= set(cat.ids)
+    for cls in EVENT_CLASSES:
+        for q in ("p50", "p90"):
+            d = cat[f"workorder.dispatch_delay_{q}.{cls}"]
+            assert d.aggregation == f"dispatch_delay_{q}"
+            assert d.where == {"event_class": cls}
+            assert "event_class" in d.entity.by
 
 
 def test_default_catalogue_columns_exist_in_their_family():
