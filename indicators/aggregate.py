@@ -2,9 +2,11 @@
 
 A batch's validated frame becomes, per indicator, a small frame of partial
 aggregates keyed by ``(entity_id, window_start)``. Partials merge by
-addition (``n``, ``sum``), by ``min``/``max``, or by union (``values``,
-``members``), so they can be computed where the data is and combined later
-in keyed window state (:mod:`indicators.windows`).
+addition (``n``, ``sum``, ``num``, ``den``), by ``min``/``max``, or by union
+(``values``, ``members``), so they can be computed where the data is and
+combined later in keyed window state (:mod:`indicators.windows`). The
+order-lifecycle measures keep one row per status change instead: their
+state (:mod:`indicators.lifecycle`) joins each order's changes by order id.
 
 Time inside is integer microseconds since the epoch (UTC); windows are
 tumbling and aligned to the epoch.
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from indicators.definitions import Catalog, IndicatorDef
+from indicators.definitions import LIFECYCLE, Catalog, IndicatorDef
 
 __all__ = ["partial", "partials", "shard_of", "split_by_shard", "ts_us", "window_start_us"]
 
@@ -47,18 +49,28 @@ def _entity(d: IndicatorDef) -> pl.Expr:
     return (cols[0] if len(cols) == 1 else pl.concat_str(cols, separator="/")).alias("entity_id")
 
 
-def _selected(d: IndicatorDef, frame: pl.DataFrame) -> pl.DataFrame:
+def _matches(filter_: dict[str, str]) -> pl.Expr:
+    """Rows whose columns all equal the filter's values (a null never matches)."""
+    return pl.all_horizontal([pl.col(k) == v for k, v in filter_.items()]).fill_null(False)
+
+
+def _selected(d: IndicatorDef, frame: pl.LazyFrame) -> pl.LazyFrame:
     if d.where:
-        frame = frame.filter(*[pl.col(k) == v for k, v in d.where.items()])
-    if d.aggregation == "overdue":
+        frame = frame.filter(_matches(d.where))
+    if d.aggregation in LIFECYCLE:
         # Per-order events stay rows: the order state machine needs each one.
-        return frame.select(
+        return frame.filter(pl.col(d.field).is_not_null()).select(
             _entity(d),
             window_start_us(d.window_us),
             pl.col(d.field).alias("order_id"),
             "status",
             "event_class",
             ts_us().alias("t"),
+        )
+    if d.aggregation == "ratio":
+        num, den = _matches(d.numerator), _matches(d.denominator)
+        return frame.filter(pl.col(d.field).is_not_null() & (num | den)).select(
+            _entity(d), window_start_us(d.window_us), num.alias("num"), den.alias("den")
         )
     value = pl.col(d.field)
     if d.aggregation == "count":  # counts rows that have the field, whatever its type
@@ -75,11 +87,32 @@ def _selected(d: IndicatorDef, frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def partial(d: IndicatorDef, frame: pl.DataFrame) -> pl.DataFrame:
-    """Partial aggregate of one indicator over one family frame."""
+    """Partial aggregate of one indicator over one family frame.
+
+    A ``ratio`` partial counts, per entity and window, the rows matching its
+    numerator (``num``) and its denominator (``den``); a row may match both.
+
+    >>> from datetime import datetime, UTC
+    >>> from indicators.definitions import load_catalog
+    >>> d = load_catalog()["workorder.closure_rate"]
+    >>> f = pl.DataFrame({"ts": [datetime(2026, 5, 12, 6, m, tzinfo=UTC) for m in (1, 2, 3)],
+    ...                   "order_id": ["a", "b", "a"], "district_id": ["D1"] * 3,
+    ...                   "status": ["reported", "reported", "closed"]})
+    >>> partial(d, f).select("entity_id", "num", "den").rows()
+    [('D1', 1, 2)]
+    """
+    return _plan(d, frame.lazy()).collect()
+
+
+def _plan(d: IndicatorDef, frame: pl.LazyFrame) -> pl.LazyFrame:
     rows = _selected(d, frame)
     keys = ["entity_id", "window_start"]
-    if d.aggregation == "overdue":
+    if d.aggregation in LIFECYCLE:
         return rows
+    if d.aggregation == "ratio":
+        return rows.group_by(keys).agg(
+            pl.col("num").sum().cast(pl.Int64), pl.col("den").sum().cast(pl.Int64)
+        )
     if d.aggregation == "online_rate":
         return rows.group_by(keys).agg(pl.len().alias("n"), pl.col("v").unique().alias("members"))
     aggs = [
@@ -94,16 +127,20 @@ def partial(d: IndicatorDef, frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def partials(catalog: Catalog, frames: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
-    """Partials of every indicator whose family is in ``frames`` and has rows."""
-    out: dict[str, pl.DataFrame] = {}
+    """Partials of every indicator whose family is in ``frames`` and has rows.
+
+    All of them are planned first and computed in one ``collect_all``, which
+    runs them side by side: with tens of indicators per family, per-call
+    overhead is much of the cost.
+    """
+    lazy = {name: frame.lazy() for name, frame in frames.items() if frame.height}
+    ids, plans = [], []
     for d in catalog.indicators:
-        frame = frames.get(d.family)
-        if frame is None or frame.height == 0:
-            continue
-        p = partial(d, frame)
-        if p.height:
-            out[d.id] = p
-    return out
+        if d.family in lazy:
+            ids.append(d.id)
+            plans.append(_plan(d, lazy[d.family]))
+    done = pl.collect_all(plans)
+    return {i: p for i, p in zip(ids, done, strict=True) if p.height}
 
 
 def shard_of(entity_id: pl.Expr, shards: int) -> pl.Expr:
@@ -120,8 +157,11 @@ def split_by_shard(parts: dict[str, pl.DataFrame], shards: int) -> list[dict[str
     (3, 4)
     """
     out: list[dict[str, pl.DataFrame]] = [{} for _ in range(shards)]
-    for indicator_id, frame in parts.items():
-        tagged = frame.with_columns(shard_of(pl.col("entity_id"), shards).alias("_shard"))
-        for (shard,), piece in tagged.partition_by("_shard", as_dict=True).items():
-            out[shard][indicator_id] = piece.drop("_shard")
+    tag = shard_of(pl.col("entity_id"), shards).alias("_shard")
+    tagged = pl.collect_all([frame.lazy().with_columns(tag) for frame in parts.values()])
+    for indicator_id, frame in zip(parts, tagged, strict=True):
+        for (shard,), piece in frame.partition_by(
+            "_shard", as_dict=True, include_key=False
+        ).items():
+            out[shard][indicator_id] = piece
     return out

@@ -4,6 +4,19 @@
 >>> d = cat["fire.temperature"]
 >>> d.family, d.entity.by, d.window, d.aggregation
 ('reading', ['site_id'], datetime.timedelta(seconds=60), 'max')
+>>> r = cat["workorder.closure_rate"]
+>>> r.aggregation, r.numerator, r.denominator
+('ratio', {'status': 'closed'}, {'status': 'reported'})
+
+Every check names the key it is about, so a bad catalogue says where to look:
+
+>>> bad = dict(r.model_dump(exclude_none=True), numerator={"status": "finished"})
+>>> IndicatorDef.model_validate(bad)  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+pydantic_core._pydantic_core.ValidationError: 1 validation error for IndicatorDef
+numerator
+  Value error, expected values of 'status' among ['reported', ...], not 'finished' ...
 """
 
 from __future__ import annotations
@@ -12,16 +25,48 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from cityvitals.yamlconf import ConfigError, Duration, load_model
-from schemas.families import INPUT_FAMILIES
+from schemas.families import EVENT_CLASSES, INPUT_FAMILIES
 
 __all__ = ["DEFAULT_CATALOG", "Aggregation", "Catalog", "IndicatorDef", "load_catalog"]
 
 DEFAULT_CATALOG = Path(__file__).with_name("catalog.yaml")
 
-Aggregation = Literal["mean", "max", "min", "sum", "count", "p95", "online_rate", "overdue"]
+Aggregation = Literal[
+    "mean",
+    "max",
+    "min",
+    "sum",
+    "count",
+    "p95",
+    "ratio",
+    "online_rate",
+    "overdue",
+    "open_orders",
+    "dispatch_delay_p50",
+    "dispatch_delay_p90",
+    "arrival_time_mean",
+    "on_time_rate",
+]
+
+#: Measures of the order-lifecycle state (:mod:`indicators.lifecycle`).
+LIFECYCLE: tuple[str, ...] = (
+    "overdue",
+    "open_orders",
+    "dispatch_delay_p50",
+    "dispatch_delay_p90",
+    "arrival_time_mean",
+    "on_time_rate",
+)
+#: Aggregations of one numeric value per row; the only ones ``divide_by`` applies to.
+_VALUE_AGGREGATIONS = ("mean", "max", "min", "sum", "p95")
+#: Lifecycle measures judged against the 1510 dispatch deadlines.
+_NEEDS_DEADLINES = ("overdue", "on_time_rate")
+#: Work-order columns every status change of one order repeats unchanged.
+_ORDER_INVARIANT = ("district_id", "department", "grid_id", "event_class")
 
 
 class _Strict(BaseModel):
@@ -35,8 +80,65 @@ class Entity(_Strict):
     by: list[str] = Field(min_length=1)
 
 
+class Params(_Strict):
+    """Settings of the order-lifecycle measures."""
+
+    #: The "1510" dispatch deadline of each event class, counted from the report.
+    deadlines: dict[str, Duration] | None = None
+
+    @field_validator("deadlines")
+    @classmethod
+    def _known_classes(cls, v: dict[str, timedelta] | None) -> dict[str, timedelta] | None:
+        if v is None:
+            return v
+        unknown = sorted(set(v) - set(EVENT_CLASSES))
+        if unknown:
+            raise ValueError(
+                f"expected deadlines of the classes {list(EVENT_CLASSES)}, not {unknown}"
+            )
+        return v
+
+
+def _family_schema(info: ValidationInfo) -> pa.Schema | None:
+    family = info.data.get("family")
+    return INPUT_FAMILIES[family] if family is not None else None
+
+
+def _check_columns(used: list[str], info: ValidationInfo) -> None:
+    schema = _family_schema(info)
+    if schema is None:
+        return
+    missing = [c for c in used if c not in schema.names]
+    if missing:
+        raise ValueError(
+            f"expected columns of family '{info.data['family']}' ({sorted(schema.names)}), "
+            f"not {missing}"
+        )
+
+
+def _check_filter(v: dict[str, str], info: ValidationInfo) -> None:
+    """Columns of a filter exist, are strings, and values are among their allowed ones."""
+    _check_columns(list(v), info)
+    schema = _family_schema(info)
+    if schema is None:
+        return
+    for column, value in v.items():
+        f = schema.field(column)
+        if f.type != pa.string():
+            raise ValueError(f"expected a string column to filter on, '{column}' is {f.type}")
+        enum = (f.metadata or {}).get(b"enum")
+        allowed = enum.decode().split(",") if enum else None
+        if allowed is not None and value not in allowed:
+            raise ValueError(f"expected values of '{column}' among {allowed}, not '{value}'")
+
+
 class IndicatorDef(_Strict):
-    """One vital-sign indicator."""
+    """One vital-sign indicator.
+
+    Fields are validated in the order declared, and each check sits on the key
+    it is about (``family`` and ``aggregation`` come first, the rest is judged
+    against them).
+    """
 
     id: str = Field(pattern=r"^[a-z][a-z0-9_]*\.[a-z0-9_.]+$")
     name_zh: str = Field(min_length=1)
@@ -44,14 +146,59 @@ class IndicatorDef(_Strict):
     sector: str = Field(min_length=1)
     unit: str = Field(min_length=1)
     family: Literal["reading", "heartbeat", "gate", "workorder"]
-    where: dict[str, str] = Field(default_factory=dict)
-    entity: Entity
-    window: Duration
     aggregation: Aggregation
     field: str
+    entity: Entity
+    where: dict[str, str] = Field(default_factory=dict)
+    window: Duration
     divide_by: str | None = None
-    params: dict[str, dict[str, Duration]] = Field(default_factory=dict)
+    #: For ``ratio``: the rows counted above and below the line (column -> value).
+    numerator: dict[str, str] = Field(default_factory=dict, validate_default=True)
+    denominator: dict[str, str] = Field(default_factory=dict, validate_default=True)
+    params: Params = Field(default_factory=dict, validate_default=True)
     description: str = Field(min_length=1)
+
+    @field_validator("aggregation")
+    @classmethod
+    def _lifecycle_reads_work_orders(cls, v: str, info: ValidationInfo) -> str:
+        family = info.data.get("family")
+        if v in LIFECYCLE and family is not None and family != "workorder":
+            raise ValueError(
+                f"expected family 'workorder' for the order-lifecycle measure '{v}', not '{family}'"
+            )
+        return v
+
+    @field_validator("field")
+    @classmethod
+    def _field_exists(cls, v: str, info: ValidationInfo) -> str:
+        _check_columns([v], info)
+        if info.data.get("aggregation") in LIFECYCLE and v != "order_id":
+            raise ValueError("expected 'order_id' as the field of an order-lifecycle measure")
+        return v
+
+    @field_validator("entity")
+    @classmethod
+    def _entity_columns(cls, v: Entity, info: ValidationInfo) -> Entity:
+        _check_columns(v.by, info)
+        if info.data.get("aggregation") in LIFECYCLE:
+            varying = [c for c in v.by if c not in _ORDER_INVARIANT]
+            if varying:
+                raise ValueError(
+                    f"expected an order-lifecycle measure keyed by columns every status change of "
+                    f"an order repeats ({list(_ORDER_INVARIANT)}), not {varying}"
+                )
+        return v
+
+    @field_validator("where")
+    @classmethod
+    def _where_columns(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        _check_filter(v, info)
+        if info.data.get("aggregation") in LIFECYCLE and "status" in v:
+            raise ValueError(
+                "expected no filter on 'status' for an order-lifecycle measure, "
+                "which follows every status change"
+            )
+        return v
 
     @field_validator("window")
     @classmethod
@@ -60,20 +207,56 @@ class IndicatorDef(_Strict):
             raise ValueError("expected a window of whole seconds, at least 1s")
         return v
 
-    @model_validator(mode="after")
-    def _columns_exist(self) -> IndicatorDef:
-        columns = set(INPUT_FAMILIES[self.family].names)
-        used = [*self.where, *self.entity.by, self.field]
-        if self.divide_by:
-            used.append(self.divide_by)
-        missing = [c for c in used if c not in columns]
+    @field_validator("divide_by")
+    @classmethod
+    def _divide_by(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return v
+        _check_columns([v], info)
+        aggregation = info.data.get("aggregation")
+        if aggregation is not None and aggregation not in _VALUE_AGGREGATIONS:
+            raise ValueError(
+                f"expected divide_by only with {list(_VALUE_AGGREGATIONS)}, not '{aggregation}'"
+            )
+        return v
+
+    @field_validator("numerator", "denominator")
+    @classmethod
+    def _ratio_filters(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        aggregation = info.data.get("aggregation")
+        if aggregation != "ratio":
+            if v:
+                raise ValueError(
+                    f"expected {info.field_name} only with 'ratio', not '{aggregation}'"
+                )
+            return v
+        if not v:
+            raise ValueError(
+                f"expected a non-empty {info.field_name} filter (column: value) for a 'ratio'"
+            )
+        _check_filter(v, info)
+        return v
+
+    @field_validator("params")
+    @classmethod
+    def _deadlines(cls, v: Params, info: ValidationInfo) -> Params:
+        aggregation = info.data.get("aggregation")
+        if aggregation is None:
+            return v
+        if aggregation not in _NEEDS_DEADLINES:
+            if v.deadlines is not None:
+                raise ValueError(
+                    f"expected params.deadlines only with {list(_NEEDS_DEADLINES)}, "
+                    f"not '{aggregation}'"
+                )
+            return v
+        missing = [c for c in EVENT_CLASSES if c not in (v.deadlines or {})]
         if missing:
             raise ValueError(
-                f"expected columns of family '{self.family}' ({sorted(columns)}), not {missing}"
+                f"expected params.deadlines for every 1510 class of an '{aggregation}' "
+                f"indicator, {missing} have none"
             )
-        if self.aggregation == "overdue" and "deadlines" not in self.params:
-            raise ValueError("expected params.deadlines for an 'overdue' indicator")
-        return self
+        return v
 
     @property
     def window_us(self) -> int:

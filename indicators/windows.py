@@ -12,9 +12,12 @@ into its window; what comes later is rejected before it gets here (the
 ingest step makes it a ``late_event`` dead letter), so a closed window never
 changes.
 
-Population indicators (``online_rate``, ``overdue``) emit a value for every
-entity they know at every window end, even one with no input in that window:
-a grid whose devices all went silent reads 0 %, not nothing.
+Population indicators (``online_rate``, and the order-lifecycle counts
+``overdue`` and ``open_orders``) emit a value for every entity they know at
+every window end, even one with no input in that window: a grid whose
+devices all went silent reads 0 %, not nothing. The other lifecycle measures
+(:mod:`indicators.lifecycle`) share their in-order closing but emit only
+for entities with orders to measure.
 
 >>> import polars as pl
 >>> from indicators.definitions import load_catalog
@@ -35,7 +38,9 @@ from collections.abc import Iterable
 
 import polars as pl
 
-from indicators.definitions import Catalog, IndicatorDef
+from indicators.definitions import LIFECYCLE, Catalog, IndicatorDef
+from indicators.lifecycle import OrderLifecycle
+from indicators.population import OnlineRate, Population
 from schemas.families import INDICATOR_VALUES, polars_schema
 
 __all__ = ["VALUES_SCHEMA", "WindowStore"]
@@ -46,25 +51,78 @@ VALUES_SCHEMA = polars_schema(INDICATOR_VALUES, drop=("level",))
 _COMPACT_AFTER = 16  # partial frames per indicator before they are merged
 
 
-def _values(d: IndicatorDef, df: pl.DataFrame) -> pl.DataFrame:
-    """Shape finished (entity_id, window_start, value, samples) rows as indicator values."""
-    return df.select(
-        pl.lit(d.id).alias("indicator_id"),
-        pl.lit(d.sector).alias("sector"),
-        pl.lit(d.entity.type).alias("entity_type"),
-        pl.col("entity_id"),
-        pl.from_epoch("window_start", "us").dt.replace_time_zone("UTC").alias("window_start"),
-        pl.from_epoch(pl.col("window_start") + d.window_us, "us")
-        .dt.replace_time_zone("UTC")
-        .alias("window_end"),
-        pl.col("value").cast(pl.Float64),
-        pl.col("samples").cast(pl.Int64),
-        pl.lit(d.unit).alias("unit"),
+def _catalog_frame(catalog: Catalog) -> pl.DataFrame:
+    """What indicator values repeat from their definition, one row per indicator."""
+    return pl.DataFrame(
+        {
+            "indicator_id": [d.id for d in catalog.indicators],
+            "sector": [d.sector for d in catalog.indicators],
+            "entity_type": [d.entity.type for d in catalog.indicators],
+            "window_us": [d.window_us for d in catalog.indicators],
+            "unit": [d.unit for d in catalog.indicators],
+        }
     )
 
 
+def _values(about: pl.DataFrame, closed: list[tuple[str, pl.DataFrame]]) -> pl.DataFrame:
+    """Shape finished (entity_id, window_start, value, samples) rows as indicator values.
+
+    ``closed`` holds each indicator's rows, in the order they were closed;
+    ``about`` is the :func:`_catalog_frame` their definitions come from.
+    """
+    if not closed:
+        return _empty()
+    rows = pl.concat([f for _, f in closed])  # every state closes into RAW_SCHEMA
+    ids = pl.Series("indicator_id", [i for i, f in closed for _ in range(f.height)])
+    joined = rows.with_columns(ids).join(about, on="indicator_id", maintain_order="left")
+    return joined.select(
+        "indicator_id",
+        "sector",
+        "entity_type",
+        "entity_id",
+        pl.from_epoch("window_start", "us").dt.replace_time_zone("UTC").alias("window_start"),
+        pl.from_epoch(pl.col("window_start") + pl.col("window_us"), "us")
+        .dt.replace_time_zone("UTC")
+        .alias("window_end"),
+        "value",
+        "samples",
+        "unit",
+    )
+
+
+#: How each partial column merges across batches.
+_MERGE = {
+    "n": pl.col("n").sum(),
+    "sum": pl.col("sum").sum(),
+    "min": pl.col("min").min(),
+    "max": pl.col("max").max(),
+    "num": pl.col("num").sum(),
+    "den": pl.col("den").sum(),
+    "values": pl.col("values").list.explode(keep_nulls=False, empty_as_null=False),
+}
+
+#: The finished value, and the samples it rests on, of each column aggregation.
+_FINISH = {
+    "mean": (pl.col("sum") / pl.col("n"), pl.col("n")),
+    "max": (pl.col("max"), pl.col("n")),
+    "min": (pl.col("min"), pl.col("n")),
+    "sum": (pl.col("sum"), pl.col("n")),
+    "count": (pl.col("n").cast(pl.Float64), pl.col("n")),
+    "p95": (
+        pl.col("values").list.eval(pl.element().quantile(0.95, "linear")).list.first(),
+        pl.col("n"),
+    ),
+    "ratio": (pl.col("num") / pl.col("den"), pl.col("den")),
+}
+
+
 class _Columns:
-    """mean / max / min / sum / count / p95 over one input column."""
+    """mean / max / min / sum / count / p95 over one input column, and ratio of two counts.
+
+    A ``ratio`` window whose denominator counted no row emits nothing for that
+    entity: a rate of nothing is unknown, not 0. Its ``samples`` is the
+    denominator's count.
+    """
 
     def __init__(self, d: IndicatorDef) -> None:
         self.d = d
@@ -81,14 +139,7 @@ class _Columns:
 
     def _merged(self) -> pl.DataFrame:
         df = pl.concat(self._parts, how="vertical_relaxed")
-        aggs = [
-            pl.col("n").sum(),
-            pl.col("sum").sum(),
-            pl.col("min").min(),
-            pl.col("max").max(),
-        ]
-        if "values" in df.columns:
-            aggs.append(pl.col("values").list.explode(keep_nulls=False, empty_as_null=False))
+        aggs = [_MERGE[c] for c in df.columns if c in _MERGE]
         return df.group_by("entity_id", "window_start").agg(aggs)
 
     def close(self, until_us: int | None) -> pl.DataFrame | None:
@@ -107,132 +158,20 @@ class _Columns:
         rest = df.filter(~done_mask)
         self._parts = [rest] if rest.height else []
         self._first = rest["window_start"].min() if rest.height else None
+        value, samples = _FINISH[self.d.aggregation]
+        if self.d.aggregation == "ratio":
+            done = done.filter(pl.col("den") > 0)
         if not done.height:
             return None
-        agg = self.d.aggregation
-        value = {
-            "mean": pl.col("sum") / pl.col("n"),
-            "max": pl.col("max"),
-            "min": pl.col("min"),
-            "sum": pl.col("sum"),
-            "count": pl.col("n").cast(pl.Float64),
-            "p95": pl.col("values").list.eval(pl.element().quantile(0.95, "linear")).list.first(),
-        }[agg]
-        return _values(
-            self.d, done.select("entity_id", "window_start", value.alias("value"), samples="n")
+        return done.select(
+            "entity_id",
+            "window_start",
+            value.cast(pl.Float64).alias("value"),
+            samples.cast(pl.Int64).alias("samples"),
         )
 
 
-class _Population:
-    """Base for indicators that report on every known entity at every window end."""
-
-    def __init__(self, d: IndicatorDef) -> None:
-        self.d = d
-        self._parts: list[pl.DataFrame] = []
-        self._next: int | None = None  # start of the next window to close
-
-    def add(self, part: pl.DataFrame) -> None:
-        self._parts.append(part)
-        first = part["window_start"].min()
-        if self._next is None or first < self._next:
-            self._next = first
-
-    def close(self, until_us: int | None) -> pl.DataFrame | None:
-        """Close every window ending at or before ``until_us``, for every known entity.
-
-        Population indicators never close on ``None`` (end of input): a window
-        that the input stopped inside is incomplete, and a partial population
-        would read as an outage. The store passes the last event time instead.
-        """
-        if self._next is None or until_us is None:
-            return None
-        df = pl.concat(self._parts, how="vertical_relaxed") if self._parts else None
-        w = self.d.window_us
-        rows: list[tuple[str, int, float, int]] = []
-        while self._next + w <= until_us:
-            start = self._next
-            mine = df.filter(pl.col("window_start") == start) if df is not None else None
-            rows.extend(self._close_window(start, mine))
-            self._next = start + w
-        if df is not None:
-            rest = df.filter(pl.col("window_start") >= self._next)
-            self._parts = [rest] if rest.height else []
-        if not rows:
-            return None
-        out = pl.DataFrame(
-            rows,
-            schema={
-                "entity_id": pl.String,
-                "window_start": pl.Int64,
-                "value": pl.Float64,
-                "samples": pl.Int64,
-            },
-            orient="row",
-        )
-        return _values(self.d, out)
-
-    def _close_window(self, start: int, rows: pl.DataFrame | None) -> Iterable[tuple]:
-        raise NotImplementedError
-
-
-class _OnlineRate(_Population):
-    """Distinct devices heard in the window over all devices ever heard, per entity."""
-
-    def __init__(self, d: IndicatorDef) -> None:
-        super().__init__(d)
-        self._known: dict[str, set[str]] = {}
-
-    def _close_window(self, start, rows):
-        heard: dict[str, set[str]] = {}
-        samples: dict[str, int] = {}
-        if rows is not None and rows.height:
-            for entity, n, members in rows.select("entity_id", "n", "members").iter_rows():
-                heard.setdefault(entity, set()).update(members)
-                samples[entity] = samples.get(entity, 0) + n
-        for entity, members in heard.items():
-            self._known.setdefault(entity, set()).update(members)
-        for entity, known in self._known.items():
-            on = heard.get(entity, ())
-            yield entity, start, len(on) / len(known), samples.get(entity, 0)
-
-
-class _Overdue(_Population):
-    """Open orders past their dispatch deadline at the window end, per entity.
-
-    An order enters at ``reported`` with the deadline of its class and leaves
-    when it is ``dispatched``; an order dispatched late still counted as
-    overdue at every window end it was late for.
-    """
-
-    def __init__(self, d: IndicatorDef) -> None:
-        super().__init__(d)
-        self._deadline_us = {
-            cls: int(td.total_seconds() * 1_000_000) for cls, td in d.params["deadlines"].items()
-        }
-        self._open: dict[str, tuple[str, int]] = {}  # order_id -> (entity, deadline_us)
-        self._entities: set[str] = set()
-
-    def _close_window(self, start, rows):
-        end = start + self.d.window_us
-        events: dict[str, int] = {}
-        if rows is not None and rows.height:
-            cols = ("entity_id", "order_id", "status", "event_class", "t")
-            for entity, order_id, status, cls, t in rows.sort("t").select(cols).iter_rows():
-                self._entities.add(entity)
-                events[entity] = events.get(entity, 0) + 1
-                if status == "reported" and cls in self._deadline_us:
-                    self._open[order_id] = (entity, t + self._deadline_us[cls])
-                elif status == "dispatched":
-                    self._open.pop(order_id, None)
-        overdue = dict.fromkeys(self._entities, 0)
-        for entity, deadline in self._open.values():
-            if deadline <= end:
-                overdue[entity] += 1
-        for entity, count in overdue.items():
-            yield entity, start, float(count), events.get(entity, 0)
-
-
-_KINDS = {"online_rate": _OnlineRate, "overdue": _Overdue}
+_KINDS = {"online_rate": OnlineRate, **dict.fromkeys(LIFECYCLE, OrderLifecycle)}
 
 
 class WindowStore:
@@ -242,6 +181,7 @@ class WindowStore:
         self.catalog = catalog
         self.partitions = list(partitions)
         self._state = {d.id: _KINDS.get(d.aggregation, _Columns)(d) for d in catalog.indicators}
+        self._about = _catalog_frame(catalog)
         self._watermarks: dict[str, int] = {}
         self._max_event_us: int | None = None
 
@@ -278,19 +218,23 @@ class WindowStore:
         """Close every open window at the end of input.
 
         Column indicators close all their windows; population indicators close
-        the windows that the last event time completes (see ``_Population``).
+        the windows that the last event time completes (see ``Population``).
         """
         complete = None if self._max_event_us is None else self._max_event_us + 1_000_000
-        frames = []
-        for state in self._state.values():
-            until = complete if isinstance(state, _Population) else None
+        closed = []
+        for indicator_id, state in self._state.items():
+            until = complete if isinstance(state, Population) else None
             if (f := state.close(until)) is not None:
-                frames.append(f)
-        return pl.concat(frames) if frames else _empty()
+                closed.append((indicator_id, f))
+        return _values(self._about, closed)
 
     def _close(self, until_us: int) -> pl.DataFrame:
-        frames = [f for s in self._state.values() if (f := s.close(until_us)) is not None]
-        return pl.concat(frames) if frames else _empty()
+        closed = [
+            (indicator_id, f)
+            for indicator_id, state in self._state.items()
+            if (f := state.close(until_us)) is not None
+        ]
+        return _values(self._about, closed)
 
 
 def _empty() -> pl.DataFrame:

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from cityvitals.yamlconf import ConfigError
-from indicators.definitions import DEFAULT_CATALOG, IndicatorDef, load_catalog
-from schemas.families import INPUT_FAMILIES
+from indicators.definitions import DEFAULT_CATALOG, LIFECYCLE, IndicatorDef, load_catalog
+from schemas.families import EVENT_CLASSES, INPUT_FAMILIES
 from tests.config_fixtures import assert_problems_match, expectations
 
 FIXTURES = Path(__file__).with_name("fixtures")
@@ -60,18 +60,59 @@ def test_default_catalogue_loads_with_the_core_indicators():
     assert len(cat.ids) == len(set(cat.ids))
 
 
+#: The sectors of DOMAIN.md, each with its indicators.
+SECTORS = {
+    "parking",
+    "traffic",
+    "fire",
+    "sensing",
+    "crowd",
+    "flood",
+    "road_collapse",
+    "infrastructure",
+    "workorder",
+    "service",
+}
+
+
+def test_default_catalogue_covers_every_domain():
+    cat = load_catalog()
+    assert len(cat.ids) >= 44
+    assert {d.sector for d in cat.indicators} == SECTORS
+    assert {"ratio", *LIFECYCLE} <= {d.aggregation for d in cat.indicators}
+    assert {
+        "workorder.closure_rate",
+        "workorder.return_rate",
+        "workorder.on_time_rate",
+        "workorder.open",
+        "workorder.arrival_time",
+        "device.online_rate_district",
+        "device.online_rate_all",
+        "flood.rainfall_1h",
+        "collapse.road_vibration_p95",
+        "parking.gate_exit_entry_ratio",
+    } <= set(cat.ids)
+    for cls in EVENT_CLASSES:
+        for q in ("p50", "p90"):
+            d = cat[f"workorder.dispatch_delay_{q}.{cls}"]
+            assert d.aggregation == f"dispatch_delay_{q}"
+            assert d.where == {"event_class": cls}
+            assert "event_class" in d.entity.by
+
+
 def test_default_catalogue_columns_exist_in_their_family():
     for d in load_catalog().indicators:
         columns = set(INPUT_FAMILIES[d.family].names)
-        assert {*d.where, *d.entity.by, d.field} <= columns, d.id
+        used = {*d.where, *d.entity.by, d.field, *d.numerator, *d.denominator}
+        assert used <= columns, d.id
         assert d.window_us == int(d.window.total_seconds()) * 1_000_000
         assert d.window_us >= 1_000_000
 
 
 def test_default_catalogue_details_users_rely_on():
     cat = load_catalog(DEFAULT_CATALOG)
-    assert cat["workorder.overdue"].params["deadlines"]["small"] == timedelta(minutes=30)
-    assert cat["workorder.overdue"].params["deadlines"]["thorny"] == timedelta(days=10)
+    assert cat["workorder.overdue"].params.deadlines["small"] == timedelta(minutes=30)
+    assert cat["workorder.overdue"].params.deadlines["thorny"] == timedelta(days=10)
     assert cat["device.online_rate"].aggregation == "online_rate"
     assert cat["device.online_rate"].entity.by == ["device_type", "grid_id"]
     assert cat["parking.occupancy_rate"].divide_by == "capacity"
@@ -118,6 +159,11 @@ def test_invalid_yaml_names_the_line(tmp_path):
         ({"where": {"colour": "red"}}, "colour"),
         ({"divide_by": "capacityy"}, "capacityy"),
         ({"entity": {"type": "flat", "by": []}}, "entity.by"),
+        ({"where": {"metric": "temprature"}}, "among"),
+        ({"where": {"value": "1"}}, "string column"),
+        ({"numerator": {"metric": "temperature"}}, "only with 'ratio'"),
+        ({"params": {"deadlines": {"small": "30m"}}}, "only with"),
+        ({"aggregation": "on_time_rate"}, "family 'workorder'"),
     ],
 )
 def test_model_rejects_bad_definitions(changes, fragment):

@@ -1,0 +1,198 @@
+"""The life of work orders, joined by order id: one state, several measures.
+
+A work order arrives as separate status changes (``reported``, ``dispatched``,
+``arrived``, ``closed``, ``returned``), often hours apart. To measure how long
+a step took, :class:`OrderLifecycle` keeps each open order's earlier changes
+and applies the new ones in event-time order, window after window. Every
+lifecycle indicator has one such state and reads one measure from it, per
+entity, at each window end:
+
+``overdue``
+    orders reported, not yet dispatched, whose 1510 deadline (report time
+    plus ``params.deadlines`` of their class) is at or before the window end;
+    emitted for every known entity, 0 included.
+``open_orders``
+    orders seen and not closed at the window end; every known entity, 0 included.
+``dispatch_delay_p50``, ``dispatch_delay_p90``
+    median and 90th percentile (linear interpolation) of the minutes from
+    report to first dispatch, over the orders first dispatched in the window.
+``arrival_time_mean``
+    mean minutes from an order's latest dispatch to its arrival on site, over
+    the arrivals in the window.
+``on_time_rate``
+    share of the orders first dispatched in the window whose dispatch was at
+    or before their deadline. Orders never dispatched are not in it: they show
+    up in ``overdue``.
+
+The last three emit nothing for an entity with no order to measure in the
+window: a delay of no orders is unknown, not 0. ``samples`` is the number of
+orders measured; for the two counts, the number of the entity's orders open at
+some moment of the window (still open at its end, or with a change in it).
+
+What the state keeps, and when it lets go:
+
+- An order is evicted when it is ``closed``.
+- A ``returned`` order (the reporter rejected the closure) re-opens: it is
+  counted by ``open_orders`` again until it is closed again. Its dispatch
+  clock stopped at its first dispatch, so it is never overdue again and a
+  re-dispatch adds no dispatch delay; the arrival after a re-dispatch is
+  measured.
+- An order whose report was never seen (it came before the state started)
+  is open from its first change on but has no dispatch delay and is never
+  overdue.
+- Orders never dispatched stay until they are closed; their eviction after a
+  horizon is left to a later change.
+
+All changes of one order share its district, department, grid and class, so
+an indicator keyed by those (the definitions insist) keeps every order on one
+shard.
+
+>>> from datetime import datetime, timedelta, UTC
+>>> from indicators.aggregate import partial
+>>> from indicators.definitions import load_catalog
+>>> d = load_catalog()["workorder.dispatch_delay_p90.small"]
+>>> t0 = datetime(2026, 5, 12, 6, tzinfo=UTC)
+>>> changes = pl.DataFrame({
+...     "ts": [t0 + timedelta(minutes=m) for m in (0, 5, 10, 22, 40)],
+...     "order_id": ["a", "b", "c", "a", "b"],
+...     "status": ["reported", "reported", "reported", "dispatched", "dispatched"],
+...     "event_class": ["small"] * 5, "district_id": ["D1"] * 5})
+>>> state = OrderLifecycle(d)
+>>> state.add(partial(d, changes))
+>>> hour_end = int((t0 + timedelta(hours=1)).timestamp()) * 1_000_000
+>>> state.close(hour_end).select("entity_id", "value", "samples").rows()  # delays 22 and 35
+[('D1/small', 33.7, 2)]
+>>> state.open_orders  # a, b and c: none is closed
+3
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import polars as pl
+
+from indicators.definitions import IndicatorDef
+from indicators.population import Population
+from schemas.families import WORKORDER_STATUSES
+
+__all__ = ["OrderLifecycle"]
+
+_MINUTE_US = 60_000_000
+#: Changes at the same instant apply in life-cycle order.
+_RANK = {status: i for i, status in enumerate(WORKORDER_STATUSES)}
+
+_SUMMARY = {
+    "dispatch_delay_p50": pl.col("x").quantile(0.5, "linear"),
+    "dispatch_delay_p90": pl.col("x").quantile(0.9, "linear"),
+    "arrival_time_mean": pl.col("x").mean(),
+    "on_time_rate": pl.col("x").mean(),
+}
+
+
+@dataclass(slots=True)
+class _Order:
+    """What is kept of one open order."""
+
+    entity: str
+    event_class: str
+    reported: int | None  # report time (epoch µs); None when the report was not seen
+    dispatched: int | None = None  # first dispatch
+    last_dispatch: int | None = None
+    awaiting_arrival: bool = False
+
+
+class OrderLifecycle(Population):
+    """Open orders joined by order id, read as one lifecycle measure per window."""
+
+    def __init__(self, d: IndicatorDef) -> None:
+        super().__init__(d)
+        deadlines = d.params.deadlines or {}
+        self._deadline_us = {
+            cls: int(td.total_seconds() * 1_000_000) for cls, td in deadlines.items()
+        }
+        self._orders: dict[str, _Order] = {}  # open orders by id
+        self._entities: set[str] = set()
+
+    @property
+    def open_orders(self) -> int:
+        """How many orders the state holds now."""
+        return len(self._orders)
+
+    def _close_window(self, start: int, rows: pl.DataFrame | None) -> Iterable[tuple]:
+        touched: dict[str, set[str]] = {}  # entity -> orders with a change in the window
+        measured: list[tuple[str, float]] = []
+        if rows is not None and rows.height:
+            ordered = rows.with_columns(
+                _rank=pl.col("status").replace_strict(_RANK, return_dtype=pl.Int8)
+            ).sort("t", "_rank", maintain_order=True)
+            cols = ("entity_id", "order_id", "status", "event_class", "t")
+            for entity, order_id, status, cls, t in ordered.select(cols).iter_rows():
+                self._entities.add(entity)
+                touched.setdefault(entity, set()).add(order_id)
+                x = self._apply(entity, order_id, status, cls, t)
+                if x is not None:
+                    measured.append((entity, x))
+        if self.d.aggregation in ("overdue", "open_orders"):
+            return self._counts(start, touched)
+        return self._summary(start, measured)
+
+    def _apply(self, entity: str, order_id: str, status: str, cls: str, t: int) -> float | None:
+        """Apply one status change; return what it measures for this indicator, if anything."""
+        if status == "closed":
+            self._orders.pop(order_id, None)
+            return None
+        order = self._orders.get(order_id)
+        if order is None:
+            order = _Order(entity, cls, t if status == "reported" else None)
+            self._orders[order_id] = order
+        measure = self.d.aggregation
+        if status == "dispatched":
+            first = order.dispatched is None
+            if first:
+                order.dispatched = t
+            order.last_dispatch = t
+            order.awaiting_arrival = True
+            if first and order.reported is not None:
+                if measure in ("dispatch_delay_p50", "dispatch_delay_p90"):
+                    return (t - order.reported) / _MINUTE_US
+                if measure == "on_time_rate":
+                    due = order.reported + self._deadline_us[order.event_class]
+                    return 1.0 if t <= due else 0.0
+        elif status == "arrived" and order.awaiting_arrival:
+            order.awaiting_arrival = False
+            if measure == "arrival_time_mean" and order.last_dispatch is not None:
+                return (t - order.last_dispatch) / _MINUTE_US
+        return None
+
+    def _counts(self, start: int, touched: dict[str, set[str]]) -> Iterable[tuple]:
+        end = start + self.d.window_us
+        overdue_only = self.d.aggregation == "overdue"
+        count = dict.fromkeys(self._entities, 0)
+        seen = {entity: set(ids) for entity, ids in touched.items()}
+        for order_id, o in self._orders.items():
+            seen.setdefault(o.entity, set()).add(order_id)
+            if not overdue_only:
+                count[o.entity] += 1
+            elif (
+                o.dispatched is None
+                and o.reported is not None
+                and o.reported + self._deadline_us[o.event_class] <= end
+            ):
+                count[o.entity] += 1
+        for entity in sorted(count):
+            yield entity, start, float(count[entity]), len(seen.get(entity, ()))
+
+    def _summary(self, start: int, measured: list[tuple[str, float]]) -> Iterable[tuple]:
+        if not measured:
+            return []
+        frame = pl.DataFrame(
+            measured, schema={"entity_id": pl.String, "x": pl.Float64}, orient="row"
+        )
+        out = (
+            frame.group_by("entity_id")
+            .agg(_SUMMARY[self.d.aggregation].alias("value"), pl.len().alias("samples"))
+            .sort("entity_id")
+        )
+        return [(e, start, v, n) for e, v, n in out.iter_rows()]
