@@ -38,6 +38,7 @@ __all__ = [
     "KeyedProblems",
     "load_model",
     "parse_duration",
+    "repeated_ids",
     "validate_data",
 ]
 
@@ -68,6 +69,26 @@ class KeyedProblems(ValueError):
     def __init__(self, problems: list[tuple[tuple, str]]) -> None:
         self.problems = problems
         super().__init__("; ".join(f"{'.'.join(map(str, p))}: {m}" for p, m in problems))
+
+
+def repeated_ids(section: str, ids: list[str], noun: str = "entry") -> list[tuple[tuple, str]]:
+    """Problems for ids used more than once, each at the entry that repeats it.
+
+    >>> repeated_ids("rules", ["a", "b", "a"], "rule")
+    [(('rules', 2, 'id'), "got 'a', expected a unique id (rule 0 has it)")]
+    """
+    first: dict[str, int] = {}
+    found = []
+    for i, ident in enumerate(ids):
+        if ident in first:
+            found.append(
+                (
+                    (section, i, "id"),
+                    f"got '{ident}', expected a unique id ({noun} {first[ident]} has it)",
+                )
+            )
+        first.setdefault(ident, i)
+    return found
 
 
 def parse_duration(value: Any) -> timedelta:

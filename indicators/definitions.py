@@ -28,7 +28,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from cityvitals.yamlconf import ConfigError, Duration, load_model
+from cityvitals.yamlconf import ConfigError, Duration, load_model, repeated_ids
 from schemas.families import EVENT_CLASSES, INPUT_FAMILIES
 
 __all__ = ["DEFAULT_CATALOG", "Aggregation", "Catalog", "IndicatorDef", "load_catalog"]
@@ -270,18 +270,7 @@ class Catalog(_Strict):
 
     def problems(self, context: dict) -> list[tuple[tuple, str]]:
         """Checks across entries, each reported at the entry that breaks it."""
-        first: dict[str, int] = {}
-        found = []
-        for i, d in enumerate(self.indicators):
-            if d.id in first:
-                found.append(
-                    (
-                        ("indicators", i, "id"),
-                        f"got '{d.id}', expected a unique id (entry {first[d.id]} has it)",
-                    )
-                )
-            first.setdefault(d.id, i)
-        return found
+        return repeated_ids("indicators", self.ids)
 
     def __getitem__(self, indicator_id: str) -> IndicatorDef:
         for d in self.indicators:

@@ -37,7 +37,13 @@ from pydantic import (
     model_validator,
 )
 
-from cityvitals.yamlconf import Duration, KeyedProblems, load_model, parse_duration
+from cityvitals.yamlconf import (
+    Duration,
+    KeyedProblems,
+    load_model,
+    parse_duration,
+    repeated_ids,
+)
 from schemas.families import SEVERITIES
 
 __all__ = ["DEFAULT_RULES", "LEVELS", "Bands", "NoData", "Rule", "RuleSet", "load_rules"]
@@ -433,17 +439,7 @@ class RuleSet(BaseModel):
 
     def problems(self, context: dict) -> list[tuple[tuple, str]]:
         """Checks across rules, each reported at the rule that breaks it."""
-        found = []
-        first: dict[str, int] = {}
-        for i, r in enumerate(self.rules):
-            if r.id in first:
-                found.append(
-                    (
-                        ("rules", i, "id"),
-                        f"got '{r.id}', expected a unique id (rule {first[r.id]} has it)",
-                    )
-                )
-            first.setdefault(r.id, i)
+        found = repeated_ids("rules", [r.id for r in self.rules], "rule")
         known = context.get("indicators")
         if known is not None:
             for indicator in sorted(set(known) - {r.indicator for r in self.rules}):
