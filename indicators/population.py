@@ -71,7 +71,12 @@ class Population:
 
 
 class OnlineRate(Population):
-    """Distinct devices heard in the window over all devices ever heard, per entity."""
+    """Distinct devices heard in the window over all devices ever heard, per entity.
+
+    ``samples`` is the number of devices the rate is over (the known ones), so a
+    grid whose devices all fell silent reads 0 % from 3 devices and is judged,
+    not skipped by a rule's ``min_samples``.
+    """
 
     def __init__(self, d: IndicatorDef) -> None:
         super().__init__(d)
@@ -79,13 +84,11 @@ class OnlineRate(Population):
 
     def _close_window(self, start, rows):
         heard: dict[str, set[str]] = {}
-        samples: dict[str, int] = {}
         if rows is not None and rows.height:
-            for entity, n, members in rows.select("entity_id", "n", "members").iter_rows():
+            for entity, members in rows.select("entity_id", "members").iter_rows():
                 heard.setdefault(entity, set()).update(members)
-                samples[entity] = samples.get(entity, 0) + n
         for entity, members in heard.items():
             self._known.setdefault(entity, set()).update(members)
         for entity, known in self._known.items():
             on = heard.get(entity, ())
-            yield entity, start, len(on) / len(known), samples.get(entity, 0)
+            yield entity, start, len(on) / len(known), len(known)
