@@ -141,8 +141,15 @@ class BrokerError(RuntimeError):
 
 
 def new_cluster_id() -> str:
-    """A fresh KRaft cluster id: a random UUID in URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
+    """A fresh KRaft cluster id: a random UUID in URL-safe base64 without padding.
+
+    Like Kafka's own ``Uuid.randomUuid``, it never starts with ``-``: the storage
+    tool would read such an id as an option ("--cluster-id: expected one argument").
+    """
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
+        if not text.startswith("-"):
+            return text
 
 
 def default_cache(version: str = KAFKA_VERSION) -> Path:

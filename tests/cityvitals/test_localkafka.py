@@ -266,3 +266,12 @@ def test_a_port_taken_before_the_broker_binds_it_is_chosen_again(tmp_path, monke
             assert b"Address already in use" in kafka.log_file.read_bytes()
     finally:
         taken.close()
+
+
+def test_cluster_ids_never_start_with_a_dash_the_storage_tool_reads_as_an_option():
+    from cityvitals.localkafka import new_cluster_id
+
+    ids = [new_cluster_id() for _ in range(2_000)]  # 1 in 64 random ids would start with '-'
+    assert not [i for i in ids if i.startswith("-")]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 22 for i in ids)
