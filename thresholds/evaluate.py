@@ -178,9 +178,9 @@ class Evaluator:
         # change: the difference from the same entity's previous, adjacent window.
         cols = ["entity_id", "window_start", "window_end", "value"]
         now = rows.select("_i", *cols)
-        before = self._previous.get(rule.id)
-        if before is not None:
-            before = before.filter(
+        stored = self._previous.get(rule.id)
+        if stored is not None:
+            before = stored.filter(
                 pl.col("entity_id").is_in(now["entity_id"].unique().implode())
             ).with_columns(_i=pl.lit(None, dtype=pl.UInt32))
             now = pl.concat([before.select(now.columns), now])
@@ -190,10 +190,9 @@ class Evaluator:
             .otherwise(None)
         )
         last = now.group_by("entity_id").agg(pl.all().exclude("_i", "_v").last()).select(cols)
-        kept = self._previous.get(rule.id)
-        if kept is not None:
+        if stored is not None:  # entities without a value in this batch keep theirs
             last = pl.concat(
-                [kept.filter(~pl.col("entity_id").is_in(last["entity_id"].implode())), last]
+                [stored.filter(~pl.col("entity_id").is_in(last["entity_id"].implode())), last]
             )
         self._previous[rule.id] = last
         return rows.join(now.filter(pl.col("_i").is_not_null()).select("_i", "_v"), on="_i")
