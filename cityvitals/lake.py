@@ -43,6 +43,8 @@ __all__ = ["PARTITION_COLUMN", "Lake", "LakeError"]
 PARTITION_COLUMN = {
     "indicator_values": "window_start",
     "breaches": "event_ts",
+    "device_status": "event_ts",
+    "order_deadlines": "event_ts",
     "dead_letters": "received_at",
     "ingest_batches": "processed_at",
 }

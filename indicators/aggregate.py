@@ -3,7 +3,8 @@
 A batch's validated frame becomes, per indicator, a small frame of partial
 aggregates keyed by ``(entity_id, window_start)``. Partials merge by
 addition (``n``, ``sum``, ``num``, ``den``), by ``min``/``max``, or by union
-(``values``, ``members``), so they can be computed where the data is and
+(``values``), or by latest time (``online_rate``: each device's last
+heartbeat), so they can be computed where the data is and
 combined later in keyed window state (:mod:`indicators.windows`). The
 order-lifecycle measures keep one row per status change instead: their
 state (:mod:`indicators.lifecycle`) joins each order's changes by order id.
@@ -81,8 +82,9 @@ def _selected(d: IndicatorDef, frame: pl.LazyFrame) -> pl.LazyFrame:
         if d.divide_by:
             value = value / pl.col(d.divide_by)
         frame = frame.filter(value.is_not_null() & value.is_finite())
+    extra = [pl.col("device_type")] if d.aggregation == "online_rate" else []
     return frame.select(
-        _entity(d), window_start_us(d.window_us), value.alias("v"), ts_us().alias("t")
+        _entity(d), window_start_us(d.window_us), value.alias("v"), ts_us().alias("t"), *extra
     )
 
 
@@ -113,8 +115,10 @@ def _plan(d: IndicatorDef, frame: pl.LazyFrame) -> pl.LazyFrame:
         return rows.group_by(keys).agg(
             pl.col("num").sum().cast(pl.Int64), pl.col("den").sum().cast(pl.Int64)
         )
-    if d.aggregation == "online_rate":
-        return rows.group_by(keys).agg(pl.len().alias("n"), pl.col("v").unique().alias("members"))
+    if d.aggregation == "online_rate":  # each device's last heartbeat in the window
+        return rows.group_by(*keys, pl.col("v").alias("device")).agg(
+            pl.col("t").max(), pl.col("device_type").last()
+        )
     aggs = [
         pl.len().cast(pl.Int64).alias("n"),
         pl.col("v").sum().alias("sum"),

@@ -26,12 +26,20 @@ from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from cityvitals.yamlconf import ConfigError, Duration, load_model, repeated_ids
-from schemas.families import EVENT_CLASSES, INPUT_FAMILIES
+from cityvitals.yamlconf import ConfigError, Duration, KeyedProblems, load_model, repeated_ids
+from schemas.families import DEVICE_TYPES, EVENT_CLASSES, INPUT_FAMILIES
 
-__all__ = ["DEFAULT_CATALOG", "Aggregation", "Catalog", "IndicatorDef", "load_catalog"]
+__all__ = [
+    "DEFAULT_CATALOG",
+    "Aggregation",
+    "Catalog",
+    "Devices",
+    "IndicatorDef",
+    "WorkOrders",
+    "load_catalog",
+]
 
 DEFAULT_CATALOG = Path(__file__).with_name("catalog.yaml")
 
@@ -50,8 +58,6 @@ Aggregation = Literal[
 ]
 #: Aggregations of one numeric value per row; the only ones ``divide_by`` applies to.
 _VALUE_AGGREGATIONS = ("mean", "max", "min", "sum", "p95")
-#: Lifecycle measures judged against the 1510 dispatch deadlines.
-_NEEDS_DEADLINES = ("overdue", "on_time_rate")
 #: Work-order columns every status change of one order repeats unchanged.
 _ORDER_INVARIANT = ("district_id", "department", "grid_id", "event_class")
 
@@ -65,25 +71,6 @@ class Entity(_Strict):
 
     type: str = Field(min_length=1)
     by: list[str] = Field(min_length=1)
-
-
-class Params(_Strict):
-    """Settings of the order-lifecycle measures."""
-
-    #: The "1510" dispatch deadline of each event class, counted from the report.
-    deadlines: dict[str, Duration] | None = None
-
-    @field_validator("deadlines")
-    @classmethod
-    def _known_classes(cls, v: dict[str, timedelta] | None) -> dict[str, timedelta] | None:
-        if v is None:
-            return v
-        unknown = sorted(set(v) - set(EVENT_CLASSES))
-        if unknown:
-            raise ValueError(
-                f"expected deadlines of the classes {list(EVENT_CLASSES)}, not {unknown}"
-            )
-        return v
 
 
 def _family_schema(info: ValidationInfo) -> pa.Schema | None:
@@ -142,7 +129,6 @@ class IndicatorDef(_Strict):
     #: For ``ratio``: the rows counted above and below the line (column -> value).
     numerator: dict[str, str] = Field(default_factory=dict, validate_default=True)
     denominator: dict[str, str] = Field(default_factory=dict, validate_default=True)
-    params: Params = Field(default_factory=dict, validate_default=True)
     description: str = Field(min_length=1)
 
     @field_validator("aggregation")
@@ -153,6 +139,8 @@ class IndicatorDef(_Strict):
             raise ValueError(
                 f"expected family 'workorder' for the order-lifecycle measure '{v}', not '{family}'"
             )
+        if v == "online_rate" and family is not None and family != "heartbeat":
+            raise ValueError(f"expected family 'heartbeat' for 'online_rate', not '{family}'")
         return v
 
     @field_validator("field")
@@ -224,36 +212,132 @@ class IndicatorDef(_Strict):
         _check_filter(v, info)
         return v
 
-    @field_validator("params")
-    @classmethod
-    def _deadlines(cls, v: Params, info: ValidationInfo) -> Params:
-        aggregation = info.data.get("aggregation")
-        if aggregation is None:
-            return v
-        if aggregation not in _NEEDS_DEADLINES:
-            if v.deadlines is not None:
-                raise ValueError(
-                    f"expected params.deadlines only with {list(_NEEDS_DEADLINES)}, "
-                    f"not '{aggregation}'"
-                )
-            return v
-        missing = [c for c in EVENT_CLASSES if c not in (v.deadlines or {})]
-        if missing:
-            raise ValueError(
-                f"expected params.deadlines for every 1510 class of an '{aggregation}' "
-                f"indicator, {missing} have none"
-            )
-        return v
-
     @property
     def window_us(self) -> int:
         return int(self.window.total_seconds()) * 1_000_000
+
+
+def _us(td: timedelta) -> int:
+    return int(td.total_seconds() * 1_000_000)
+
+
+def _exactly(v: dict[str, timedelta], expected: tuple[str, ...], what: str) -> None:
+    unknown = [k for k in v if k not in expected]
+    missing = [k for k in expected if k not in v]
+    if unknown or missing:
+        raise ValueError(
+            f"expected one entry per {what} {list(expected)}"
+            + (f", not {unknown}" if unknown else "")
+            + (f"; {missing} have none" if missing else "")
+        )
+
+
+class Devices(_Strict):
+    """When a device counts as offline (see :mod:`indicators.liveness`).
+
+    A device is offline once it has sent no heartbeat for longer than its
+    allowance, ``missed_heartbeats`` times its type's expected interval.
+
+    >>> Devices().allowance_us["camera"] // 1_000_000
+    180
+    """
+
+    #: Expected heartbeat interval of every device type.
+    heartbeat: dict[str, Duration] = Field(
+        default_factory=lambda: dict.fromkeys(DEVICE_TYPES, timedelta(minutes=1)),
+        validate_default=True,
+    )
+    missed_heartbeats: int = Field(default=3, ge=1, le=1000)
+    #: A device silent this long is forgotten: it leaves the state and the online rates.
+    forget_after: Duration = timedelta(days=7)
+
+    @field_validator("heartbeat")
+    @classmethod
+    def _every_type(cls, v: dict[str, timedelta]) -> dict[str, timedelta]:
+        _exactly(v, DEVICE_TYPES, "device type")
+        return v
+
+    @model_validator(mode="after")
+    def _forget_after_offline(self) -> Devices:
+        longest = max(self.heartbeat.values()) * self.missed_heartbeats
+        if self.forget_after <= longest:
+            raise KeyedProblems(
+                [
+                    (
+                        ("forget_after",),
+                        f"got {self.forget_after}, expected longer than the longest "
+                        f"allowance {longest}: a device must go offline before it is forgotten",
+                    )
+                ]
+            )
+        return self
+
+    @property
+    def allowance_us(self) -> dict[str, int]:
+        """Silence allowed before offline, per device type, in microseconds."""
+        return {t: _us(every) * self.missed_heartbeats for t, every in self.heartbeat.items()}
+
+    @property
+    def forget_after_us(self) -> int:
+        return _us(self.forget_after)
+
+
+class WorkOrders(_Strict):
+    """The "1510" dispatch deadlines, and when an order nobody closes is let go.
+
+    >>> WorkOrders().deadline_us["small"] // 60_000_000
+    30
+    """
+
+    #: Dispatch deadline of each 1510 class, counted from the report.
+    deadlines: dict[str, Duration] = Field(
+        default_factory=lambda: {
+            "small": timedelta(minutes=30),
+            "big": timedelta(days=1),
+            "hard": timedelta(days=5),
+            "thorny": timedelta(days=10),
+        },
+        validate_default=True,
+    )
+    #: An open order with no status change for this long leaves the state.
+    expire_after: Duration = timedelta(days=30)
+
+    @field_validator("deadlines")
+    @classmethod
+    def _every_class(cls, v: dict[str, timedelta]) -> dict[str, timedelta]:
+        _exactly(v, EVENT_CLASSES, "1510 class")
+        return v
+
+    @model_validator(mode="after")
+    def _expire_after_deadlines(self) -> WorkOrders:
+        longest = max(self.deadlines.values())
+        if self.expire_after <= longest:
+            raise KeyedProblems(
+                [
+                    (
+                        ("expire_after",),
+                        f"got {self.expire_after}, expected longer than the longest deadline "
+                        f"{longest}: an order must be overdue before it is let go",
+                    )
+                ]
+            )
+        return self
+
+    @property
+    def deadline_us(self) -> dict[str, int]:
+        return {c: _us(td) for c, td in self.deadlines.items()}
+
+    @property
+    def expire_after_us(self) -> int:
+        return _us(self.expire_after)
 
 
 class Catalog(_Strict):
     """All indicators, by id."""
 
     indicators: list[IndicatorDef] = Field(min_length=1)
+    devices: Devices = Field(default_factory=Devices)
+    workorders: WorkOrders = Field(default_factory=WorkOrders)
 
     def problems(self, context: dict) -> list[tuple[tuple, str]]:
         """Checks across entries, each reported at the entry that breaks it."""

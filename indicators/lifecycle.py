@@ -9,7 +9,8 @@ entity, at each window end:
 
 ``overdue``
     orders reported, not yet dispatched, whose 1510 deadline (report time
-    plus ``params.deadlines`` of their class) is at or before the window end;
+    plus the catalogue's ``workorders.deadlines`` of their class) is before
+    the window end (a dispatch at the deadline is on time);
     emitted for every known entity, 0 included.
 ``open_orders``
     orders seen and not closed at the window end; every known entity, 0 included.
@@ -40,8 +41,9 @@ What the state keeps, and when it lets go:
 - An order whose report was never seen (it came before the state started)
   is open from its first change on but has no dispatch delay and is never
   overdue.
-- Orders never dispatched stay until they are closed; their eviction after a
-  horizon is left to a later change.
+- An open order with no change for the catalogue's ``workorders.expire_after``
+  is let go at the first window end after that (the timers step records it as
+  ``expired``), so orders that are never closed do not pile up.
 
 All changes of one order share its district, department, grid and class, so
 an indicator keyed by those (the definitions insist) keeps every order on one
@@ -57,7 +59,7 @@ shard.
 ...     "order_id": ["a", "b", "c", "a", "b"],
 ...     "status": ["reported", "reported", "reported", "dispatched", "dispatched"],
 ...     "event_class": ["small"] * 5, "district_id": ["D1"] * 5})
->>> state = OrderLifecycle(d)
+>>> state = OrderLifecycle(d, load_catalog().workorders)
 >>> state.add(partial(d, changes))
 >>> hour_end = int((t0 + timedelta(hours=1)).timestamp()) * 1_000_000
 >>> state.close(hour_end).select("entity_id", "value", "samples").rows()  # delays 22 and 35
@@ -73,7 +75,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from indicators.definitions import IndicatorDef
+from indicators.definitions import IndicatorDef, WorkOrders
 from indicators.population import Population
 from schemas.families import WORKORDER_STATUSES
 
@@ -98,6 +100,7 @@ class _Order:
     entity: str
     event_class: str
     reported: int | None  # report time (epoch µs); None when the report was not seen
+    last_change: int
     dispatched: int | None = None  # first dispatch
     last_dispatch: int | None = None
     awaiting_arrival: bool = False
@@ -106,12 +109,11 @@ class _Order:
 class OrderLifecycle(Population):
     """Open orders joined by order id, read as one lifecycle measure per window."""
 
-    def __init__(self, d: IndicatorDef) -> None:
+    def __init__(self, d: IndicatorDef, workorders: WorkOrders) -> None:
         super().__init__(d)
-        deadlines = d.params.deadlines or {}
-        self._deadline_us = {
-            cls: int(td.total_seconds() * 1_000_000) for cls, td in deadlines.items()
-        }
+        self.workorders = workorders
+        self._deadline_us = workorders.deadline_us
+        self._expire_us = workorders.expire_after_us
         self._orders: dict[str, _Order] = {}  # open orders by id
         self._entities: set[str] = set()
 
@@ -134,6 +136,7 @@ class OrderLifecycle(Population):
                 x = self._apply(entity, order_id, status, cls, t)
                 if x is not None:
                     measured.append((entity, x))
+        self._expire(start + self.d.window_us)
         if self.d.aggregation in ("overdue", "open_orders"):
             return self._counts(start, touched)
         return self._summary(start, measured)
@@ -145,8 +148,9 @@ class OrderLifecycle(Population):
             return None
         order = self._orders.get(order_id)
         if order is None:
-            order = _Order(entity, cls, t if status == "reported" else None)
+            order = _Order(entity, cls, t if status == "reported" else None, t)
             self._orders[order_id] = order
+        order.last_change = max(order.last_change, t)
         measure = self.d.aggregation
         if status == "dispatched":
             first = order.dispatched is None
@@ -166,6 +170,13 @@ class OrderLifecycle(Population):
                 return (t - order.last_dispatch) / _MINUTE_US
         return None
 
+    def _expire(self, end: int) -> None:
+        """Let go of open orders with no change for ``expire_after`` before ``end``."""
+        horizon = end - self._expire_us
+        gone = [i for i, o in self._orders.items() if o.last_change < horizon]
+        for order_id in gone:
+            del self._orders[order_id]
+
     def _counts(self, start: int, touched: dict[str, set[str]]) -> Iterable[tuple]:
         end = start + self.d.window_us
         overdue_only = self.d.aggregation == "overdue"
@@ -178,7 +189,7 @@ class OrderLifecycle(Population):
             elif (
                 o.dispatched is None
                 and o.reported is not None
-                and o.reported + self._deadline_us[o.event_class] <= end
+                and o.reported + self._deadline_us[o.event_class] < end
             ):
                 count[o.entity] += 1
         for entity in sorted(count):

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 import polars as pl
 
-from indicators.definitions import IndicatorDef
+from indicators.definitions import Devices, IndicatorDef
 
 __all__ = ["RAW_SCHEMA", "OnlineRate", "Population"]
 
@@ -71,24 +71,53 @@ class Population:
 
 
 class OnlineRate(Population):
-    """Distinct devices heard in the window over all devices ever heard, per entity.
+    """Known devices online at the window end over all known devices, per entity.
+
+    Online means what :mod:`indicators.liveness` means: a heartbeat within the
+    device type's allowance (``last + allowance >= window end``), so the rate
+    and the timers step's offline records agree. A device is known from its
+    first heartbeat until it has been silent for ``forget_after``.
 
     ``samples`` is the number of devices the rate is over (the known ones), so a
     grid whose devices all fell silent reads 0 % from 3 devices and is judged,
     not skipped by a rule's ``min_samples``.
     """
 
-    def __init__(self, d: IndicatorDef) -> None:
+    def __init__(self, d: IndicatorDef, devices: Devices) -> None:
         super().__init__(d)
-        self._known: dict[str, set[str]] = {}
+        self.devices = devices
+        self._known = pl.DataFrame(schema=_KNOWN)
 
     def _close_window(self, start, rows):
-        heard: dict[str, set[str]] = {}
+        end = start + self.d.window_us
+        known = self._known
         if rows is not None and rows.height:
-            for entity, members in rows.select("entity_id", "members").iter_rows():
-                heard.setdefault(entity, set()).update(members)
-        for entity, members in heard.items():
-            self._known.setdefault(entity, set()).update(members)
-        for entity, known in self._known.items():
-            on = heard.get(entity, ())
-            yield entity, start, len(on) / len(known), len(known)
+            heard = rows.select(
+                "entity_id",
+                "device",
+                pl.col("t").alias("last"),
+                pl.col("device_type")
+                .replace_strict(self.devices.allowance_us, return_dtype=pl.Int64)
+                .alias("allow"),
+            )
+            known = (
+                pl.concat([known, heard])
+                .group_by("entity_id", "device")
+                .agg(pl.col("last").max(), pl.col("allow").last())
+            )
+        self._known = known.filter(pl.col("last") + self.devices.forget_after_us >= end)
+        rates = (
+            self._known.group_by("entity_id")
+            .agg(
+                (pl.col("last") + pl.col("allow") >= end).mean().alias("value"),
+                pl.len().cast(pl.Int64).alias("samples"),
+            )
+            .sort("entity_id")
+        )
+        return [(e, start, v, n) for e, v, n in rates.iter_rows()]
+
+
+#: What an online rate keeps per known device of an entity.
+_KNOWN = pl.Schema(
+    {"entity_id": pl.String, "device": pl.String, "last": pl.Int64, "allow": pl.Int64}
+)

@@ -27,7 +27,7 @@ import polars as pl
 
 from schemas.decode import Decoded, dead_letters
 
-__all__ = ["PartitionClock"]
+__all__ = ["PartitionClock", "Watermarks"]
 
 
 class PartitionClock:
@@ -101,3 +101,34 @@ class PartitionClock:
         )
         decoded.dead = pl.concat([decoded.dead, dead_letters(decoded, dead, now)]).sort("offset")
         return decoded
+
+
+class Watermarks:
+    """The low watermark of several partitions: how far every one of them has got.
+
+    Until each expected partition has reported, there is none. A partition not
+    expected at the start is added when it first reports.
+
+    >>> marks = Watermarks(["p0", "p1"])
+    >>> marks.update("p0", 10), marks.update("p1", 7), marks.update("p1", 5)
+    (None, 7, 7)
+    """
+
+    def __init__(self, partitions: list[str]) -> None:
+        self.partitions = list(partitions)
+        self._marks: dict[str, int] = {}
+
+    @property
+    def low_us(self) -> int | None:
+        marks = [self._marks.get(p) for p in self.partitions]
+        return None if not marks or None in marks else min(marks)
+
+    def update(self, partition: str, watermark_us: int | None) -> int | None:
+        """Record a partition's watermark (never moving back); return the low watermark."""
+        if watermark_us is not None:
+            if partition not in self.partitions:
+                self.partitions.append(partition)
+            previous = self._marks.get(partition)
+            if previous is None or watermark_us > previous:
+                self._marks[partition] = watermark_us
+        return self.low_us

@@ -41,6 +41,7 @@ import polars as pl
 from indicators.definitions import LIFECYCLE, Catalog, IndicatorDef
 from indicators.lifecycle import OrderLifecycle
 from indicators.population import OnlineRate, Population
+from indicators.watermark import Watermarks
 from schemas.families import INDICATOR_VALUES, polars_schema
 
 __all__ = ["VALUES_SCHEMA", "WindowStore"]
@@ -171,7 +172,12 @@ class _Columns:
         )
 
 
-_KINDS = {"online_rate": OnlineRate, **dict.fromkeys(LIFECYCLE, OrderLifecycle)}
+def _state(d: IndicatorDef, catalog: Catalog) -> _Columns | Population:
+    if d.aggregation == "online_rate":
+        return OnlineRate(d, catalog.devices)
+    if d.aggregation in LIFECYCLE:
+        return OrderLifecycle(d, catalog.workorders)
+    return _Columns(d)
 
 
 class WindowStore:
@@ -179,17 +185,19 @@ class WindowStore:
 
     def __init__(self, catalog: Catalog, partitions: Iterable[str]) -> None:
         self.catalog = catalog
-        self.partitions = list(partitions)
-        self._state = {d.id: _KINDS.get(d.aggregation, _Columns)(d) for d in catalog.indicators}
+        self._marks = Watermarks(list(partitions))
+        self._state = {d.id: _state(d, catalog) for d in catalog.indicators}
         self._about = _catalog_frame(catalog)
-        self._watermarks: dict[str, int] = {}
         self._max_event_us: int | None = None
+
+    @property
+    def partitions(self) -> list[str]:
+        return self._marks.partitions
 
     @property
     def watermark_us(self) -> int | None:
         """The lowest watermark of all expected partitions (None until each has one)."""
-        marks = [self._watermarks.get(p) for p in self.partitions]
-        return None if not marks or None in marks else min(marks)
+        return self._marks.low_us
 
     def add(self, partials: dict[str, pl.DataFrame]) -> None:
         for indicator_id, part in partials.items():
@@ -206,12 +214,7 @@ class WindowStore:
             self._max_event_us = max_event_us
         if watermark_us is None:
             return _empty()
-        if partition not in self.partitions:
-            self.partitions.append(partition)
-        previous = self._watermarks.get(partition)
-        if previous is None or watermark_us > previous:
-            self._watermarks[partition] = watermark_us
-        until = self.watermark_us
+        until = self._marks.update(partition, watermark_us)
         return self._close(until) if until is not None else _empty()
 
     def flush(self) -> pl.DataFrame:

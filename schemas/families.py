@@ -25,11 +25,15 @@ import pyarrow as pa
 __all__ = [
     "BREACH_STATES",
     "DEAD_LETTER_REASONS",
+    "DEVICE_STATUS",
+    "DEVICE_STATUSES",
     "DEVICE_TYPES",
     "EVENT_CLASSES",
     "INPUT_FAMILIES",
     "METRICS",
     "METRIC_DEVICE_TYPE",
+    "ORDER_DEADLINES",
+    "ORDER_DEADLINE_STATES",
     "OUTPUT_TABLES",
     "SCHEMA_VERSION",
     "SEVERITIES",
@@ -257,9 +261,80 @@ INGEST_BATCHES = pa.schema(
     metadata={"doc": "Accounting of every input batch: events_in = valid + dead_letters."},
 )
 
+DEVICE_STATUSES: tuple[str, ...] = ("offline", "online", "forgotten")
+
+DEVICE_STATUS = pa.schema(
+    [
+        _DEVICE,
+        _DEVICE_TYPE,
+        _GRID,
+        _DISTRICT,
+        _f(
+            "status",
+            pa.string(),
+            "offline: silent past its allowance; online: heard again; forgotten: silent"
+            " for the catalogue's forget_after, dropped from the state.",
+            enum=DEVICE_STATUSES,
+        ),
+        _f(
+            "event_ts",
+            TIMESTAMP,
+            "When it happened (event time): the end of the allowance for offline, the"
+            " heartbeat that ended the silence for online.",
+        ),
+        _f("last_seen_ts", TIMESTAMP, "The device's last heartbeat before the silence."),
+        _f("silent_s", pa.float64(), "Seconds from last_seen_ts to event_ts."),
+        _f("emitted_at", TIMESTAMP, "Wall-clock time the record was produced."),
+    ],
+    metadata={"doc": "A device going offline, coming back online, or being forgotten."},
+)
+
+ORDER_DEADLINE_STATES: tuple[str, ...] = ("overdue", "dispatched_late", "closed_overdue", "expired")
+
+ORDER_DEADLINES = pa.schema(
+    [
+        _f("order_id", pa.string(), "Stable id of the work order."),
+        _f("event_class", pa.string(), "Class under the 1510 rule.", enum=EVENT_CLASSES),
+        _f("department", pa.string(), "Department the order is routed to."),
+        _GRID,
+        _DISTRICT,
+        _f(
+            "state",
+            pa.string(),
+            "overdue: not dispatched by its deadline; dispatched_late / closed_overdue: an"
+            " overdue order dispatched, or closed without a dispatch; expired: an open order"
+            " with no change for the catalogue's expire_after, dropped from the state.",
+            enum=ORDER_DEADLINE_STATES,
+        ),
+        _f("reported_ts", TIMESTAMP, "When the order was reported.", nullable=True),
+        _f(
+            "deadline_ts",
+            TIMESTAMP,
+            "Report time plus the class's dispatch deadline.",
+            nullable=True,
+        ),
+        _f(
+            "event_ts",
+            TIMESTAMP,
+            "When it happened (event time): the deadline for overdue, the status change"
+            " for dispatched_late and closed_overdue, last change + expire_after for expired.",
+        ),
+        _f(
+            "overdue_s",
+            pa.float64(),
+            "Seconds past the deadline at event_ts; null without a known report.",
+            nullable=True,
+        ),
+        _f("emitted_at", TIMESTAMP, "Wall-clock time the record was produced."),
+    ],
+    metadata={"doc": "A work order missing its 1510 dispatch deadline, and what became of it."},
+)
+
 OUTPUT_TABLES: dict[str, pa.Schema] = {
     "indicator_values": INDICATOR_VALUES,
     "breaches": BREACHES,
+    "device_status": DEVICE_STATUS,
+    "order_deadlines": ORDER_DEADLINES,
     "dead_letters": DEAD_LETTERS,
     "ingest_batches": INGEST_BATCHES,
 }

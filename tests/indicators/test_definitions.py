@@ -111,8 +111,9 @@ def test_default_catalogue_columns_exist_in_their_family():
 
 def test_default_catalogue_details_users_rely_on():
     cat = load_catalog(DEFAULT_CATALOG)
-    assert cat["workorder.overdue"].params.deadlines["small"] == timedelta(minutes=30)
-    assert cat["workorder.overdue"].params.deadlines["thorny"] == timedelta(days=10)
+    assert cat.workorders.deadlines["small"] == timedelta(minutes=30)
+    assert cat.workorders.deadlines["thorny"] == timedelta(days=10)
+    assert cat.devices.allowance_us["smoke_detector"] == 3 * 60_000_000
     assert cat["device.online_rate"].aggregation == "online_rate"
     assert cat["device.online_rate"].entity.by == ["device_type", "grid_id"]
     assert cat["parking.occupancy_rate"].divide_by == "capacity"
@@ -162,7 +163,7 @@ def test_invalid_yaml_names_the_line(tmp_path):
         ({"where": {"metric": "temprature"}}, "among"),
         ({"where": {"value": "1"}}, "string column"),
         ({"numerator": {"metric": "temperature"}}, "only with 'ratio'"),
-        ({"params": {"deadlines": {"small": "30m"}}}, "only with"),
+        ({"params": {"deadlines": {"small": "30m"}}}, "params"),
         ({"aggregation": "on_time_rate"}, "family 'workorder'"),
     ],
 )

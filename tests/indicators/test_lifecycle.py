@@ -8,12 +8,11 @@ import polars as pl
 import pytest
 
 from indicators.aggregate import partial
-from indicators.definitions import LIFECYCLE, Aggregation, Catalog, IndicatorDef
+from indicators.definitions import LIFECYCLE, Aggregation, Catalog, IndicatorDef, WorkOrders
 from indicators.lifecycle import OrderLifecycle
 from indicators.windows import WindowStore
 
 T0 = datetime(2026, 5, 12, 10, 0, tzinfo=UTC)  # "10:00" in the examples below
-DEADLINES = {"small": "30m", "big": "1d", "hard": "5d", "thorny": "10d"}
 
 
 def define(aggregation: str, window: str = "15m", by=("district_id",)) -> IndicatorDef:
@@ -30,8 +29,6 @@ def define(aggregation: str, window: str = "15m", by=("district_id",)) -> Indica
         "field": "order_id",
         "description": "test indicator",
     }
-    if aggregation in ("overdue", "on_time_rate"):
-        spec["params"] = {"deadlines": DEADLINES}
     return IndicatorDef.model_validate(spec)
 
 
@@ -78,18 +75,20 @@ def test_late_small_order_is_not_on_time():
     assert run(define("on_time_rate"), [changes(*LATE)], until_minutes=60) == {30: (0.0, 1)}
 
 
-def test_late_small_order_is_overdue_at_the_window_ending_at_its_deadline():
-    # Due 10:30: overdue at the end of [10:15, 10:30); dispatched 10:40, so no longer at 10:45.
-    got = values(define("overdue"), [changes(*LATE)], until_minutes=60)
-    assert got == {0: 0.0, 15: 1.0, 30: 0.0, 45: 0.0}
+def test_late_small_order_is_overdue_at_window_ends_after_its_deadline():
+    # Due 10:30, dispatched 10:50: overdue at the end of [10:30, 10:45) only. At 10:30
+    # itself it is not yet: a dispatch at 10:30 would still be on time.
+    later = [(0, "A", "reported", "small"), (50, "A", "dispatched", "small")]
+    got = values(define("overdue"), [changes(*later)], until_minutes=75)
+    assert got == {0: 0.0, 15: 0.0, 30: 1.0, 45: 0.0, 60: 0.0}
 
 
 def test_dispatch_at_the_deadline_is_on_time():
     at = changes((0, "A", "reported", "small"), (30, "A", "dispatched", "small"))
     assert values(define("on_time_rate"), [at], 45) == {30: 1.0}
-    # Windows are half-open: a dispatch at 10:30 belongs to [10:30, 10:45), so at the
-    # end of [10:15, 10:30) the order is due and not dispatched yet.
-    assert values(define("overdue"), [at], 45) == {0: 0.0, 15: 1.0, 30: 0.0}
+    # So the order is never overdue: at the end of [10:15, 10:30) its deadline has not
+    # passed yet (a dispatch at 10:30 is still on time), and by 10:45 it is dispatched.
+    assert values(define("overdue"), [at], 45) == {0: 0.0, 15: 0.0, 30: 0.0}
     before = changes((0, "A", "reported", "small"), (29, "A", "dispatched", "small"))
     assert values(define("on_time_rate"), [before], 45) == {15: 1.0}
     assert set(values(define("overdue"), [before], 45).values()) == {0.0}
@@ -135,7 +134,7 @@ def test_delay_measures_emit_nothing_where_nothing_was_measured():
 
 def test_closed_orders_are_evicted_and_counted_open_until_then():
     d = define("open_orders")
-    state = OrderLifecycle(d)
+    state = OrderLifecycle(d, WorkOrders())
     state.add(
         partial(
             d,
@@ -189,15 +188,26 @@ def test_counts_samples_are_the_orders_open_at_some_moment_of_the_window():
     assert run(define("open_orders"), [batch], 30) == {0: (1.0, 2), 15: (1.0, 1)}
 
 
-def test_an_undispatched_order_stays_in_state_until_closed():
+def test_an_undispatched_order_stays_in_state_until_closed_or_expired():
     d = define("overdue")
-    state = OrderLifecycle(d)
+    state = OrderLifecycle(d, WorkOrders())
     state.add(partial(d, changes((0, "A", "reported", "small"))))
     state.close(int((T0 + timedelta(days=3)).timestamp()) * 10**6)
     assert state.open_orders == 1
     state.add(partial(d, changes((3 * 24 * 60 + 1, "A", "closed", "small"))))
     state.close(int((T0 + timedelta(days=3, minutes=15)).timestamp()) * 10**6)
     assert state.open_orders == 0
+
+
+def test_an_order_with_no_change_for_expire_after_is_let_go():
+    d = define("open_orders")
+    state = OrderLifecycle(d, WorkOrders(expire_after="12d"))
+    state.add(partial(d, changes((0, "A", "reported", "small"), (60, "B", "reported", "big"))))
+    # At 10:00 + 12 days, A has had no change for exactly 12 days: still held.
+    state.close(int((T0 + timedelta(days=12)).timestamp()) * 10**6)
+    assert state.open_orders == 2
+    state.close(int((T0 + timedelta(days=12, minutes=15)).timestamp()) * 10**6)
+    assert state.open_orders == 1  # A is gone; B's last change was at 11:00
 
 
 def test_changes_at_the_same_instant_apply_in_lifecycle_order():

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from indicators.aggregate import partial
-from indicators.definitions import Catalog, IndicatorDef, load_catalog
+from indicators.definitions import Catalog, Devices, IndicatorDef, load_catalog
 from indicators.watermark import PartitionClock
 from indicators.windows import VALUES_SCHEMA, WindowStore
 
@@ -269,19 +269,17 @@ def heartbeats(*rows) -> pl.DataFrame:
     )
 
 
-def test_online_rate_reads_zero_when_every_device_goes_silent():
+def test_online_rate_counts_devices_heard_within_their_allowance_at_the_window_end():
+    # Cameras: 1-minute heartbeats, offline after 3 minutes of silence (the catalogue's).
     d = CATALOG["device.online_rate"]
     store = WindowStore(Catalog(indicators=[d]), partitions=["p0"])
     clock = PartitionClock(timedelta(0))
-    batches = [
-        heartbeats((0, "d1", "G1"), (1, "d2", "G1"), (2, "d3", "G1"), (1, "x", "G2")),
-        heartbeats((6, "d1", "G1"), (6.5, "d1", "G1"), (7, "x", "G2")),
-        heartbeats((12, "x", "G2")),  # G1 is silent from here on
-        heartbeats((17, "x", "G2")),
-        heartbeats((21, "x", "G2")),
-    ]
+    last = {"d1": 9, "d2": 4, "d3": 12, "x": 24}  # G1: d1, d2, d3; G2: x
+    grid = {"d1": "G1", "d2": "G1", "d3": "G1", "x": "G2"}
+    beats = sorted((m, dev) for dev, stop in last.items() for m in range(stop + 1))
     out = []
-    for batch in batches:
+    for start in range(0, 25, 5):
+        batch = heartbeats(*[(m, dev, grid[dev]) for m, dev in beats if start <= m < start + 5])
         store.add({d.id: partial(d, batch)})
         clock.observe(batch["ts"].dt.epoch("us").max())
         out.append(store.advance("p0", clock.watermark_us, clock.max_event_us))
@@ -289,10 +287,10 @@ def test_online_rate_reads_zero_when_every_device_goes_silent():
     values = pl.concat(out).sort("entity_id", "window_start")
     g1 = values.filter(pl.col("entity_id") == "camera/G1")
     assert g1.select("value", "samples").rows() == [
-        (1.0, 3),
-        (pytest.approx(1 / 3), 3),
+        (1.0, 3),  # at 5: all heard within 3 minutes
+        (pytest.approx(2 / 3), 3),  # at 10: d2 (last 4) is offline since 7
+        (pytest.approx(1 / 3), 3),  # at 15: d3 (last 12) is still online, exactly at 3 minutes
         (0.0, 3),  # judged from the 3 known devices, not skipped as "no samples"
-        (0.0, 3),
     ]
     assert g1["window_start"].to_list() == [T0 + timedelta(minutes=m) for m in (0, 5, 10, 15)]
     g2 = values.filter(pl.col("entity_id") == "camera/G2")
@@ -301,10 +299,23 @@ def test_online_rate_reads_zero_when_every_device_goes_silent():
     assert values["window_start"].max() == T0 + timedelta(minutes=15)
 
 
+def test_online_rate_forgets_devices_silent_for_forget_after():
+    devices = Devices(forget_after="10m")
+    d = CATALOG["device.online_rate"]
+    store = WindowStore(Catalog(indicators=[d], devices=devices), partitions=["p0"])
+    store.add({d.id: partial(d, heartbeats((0, "gone", "G1"), (1, "stays", "G1")))})
+    for m in range(2, 21):
+        store.add({d.id: partial(d, heartbeats((m, "stays", "G1")))})
+    out = store.advance("p0", us(T0 + timedelta(minutes=20)))
+    rows = out.sort("window_start").select("value", "samples").rows()
+    # "gone" is offline from 3 and forgotten after 10: the rate is over 1 device from then on.
+    assert rows == [(0.5, 2), (0.5, 2), (1.0, 1), (1.0, 1)]
+
+
 def test_flush_does_not_emit_an_incomplete_population_window():
     d = CATALOG["device.online_rate"]
     store = WindowStore(Catalog(indicators=[d]), partitions=["p0"])
-    batch = heartbeats((0, "d1", "G1"), (1, "d2", "G1"), (6, "d1", "G1"))
+    batch = heartbeats((3, "d1", "G1"), (4, "d2", "G1"), (6, "d1", "G1"))
     store.add({d.id: partial(d, batch)})
     assert store.advance("p0", None, us(T0 + timedelta(minutes=6))).height == 0
     out = store.flush()
@@ -339,11 +350,12 @@ def run_overdue(batches, until_minutes: int) -> dict[int, float]:
 
 
 def test_small_order_never_dispatched_is_overdue_from_its_deadline_on():
-    # Reported at 15m with a 30m deadline: due at 45m, the end of window [30, 45).
+    # Reported at 15m with a 30m deadline: due at 45m, the end of window [30, 45), where a
+    # dispatch would still be on time; overdue at every window end after it.
     reported = workorders((15, "WO-1", "reported", "small"), (16, "WO-2", "dispatched", "big"))
     assert run_overdue([reported], until_minutes=90) == {
         15: 0.0,
-        30: 1.0,
+        30: 0.0,
         45: 1.0,
         60: 1.0,
         75: 1.0,

@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 
 from indicators.aggregate import partial
-from indicators.definitions import Catalog, IndicatorDef, load_catalog
+from indicators.definitions import Catalog, IndicatorDef, WorkOrders, load_catalog
 from indicators.watermark import PartitionClock
 from indicators.windows import WindowStore
 
@@ -155,9 +155,7 @@ def measured(d: IndicatorDef, frame: pl.DataFrame) -> pl.DataFrame:
     else:
         pairs = dispatched.group_by("order_id").first().join(reported, on="order_id")
         if d.aggregation == "on_time_rate":
-            due = pl.col("event_class").replace_strict(
-                {c: int(td.total_seconds()) * 1_000_000 for c, td in d.params.deadlines.items()}
-            )
+            due = pl.col("event_class").replace_strict(WorkOrders().deadline_us)
             x = (pl.col("t") <= pl.col("t_rep") + due).cast(pl.Float64)
         else:
             x = (pl.col("t") - pl.col("t_rep")) / MIN
@@ -196,11 +194,9 @@ def counted(d: IndicatorDef, frame: pl.DataFrame, last_end: int) -> pl.DataFrame
     )
     held = last.filter(pl.col("last") != "closed")
     if d.aggregation == "overdue":
-        due = pl.col("cls").replace_strict(
-            {c: int(td.total_seconds()) * 1_000_000 for c, td in d.params.deadlines.items()}
-        )
+        due = pl.col("cls").replace_strict(WorkOrders().deadline_us)
         held = held.filter(
-            (pl.col("t_rep") + due <= pl.col("end"))
+            (pl.col("t_rep") + due < pl.col("end"))  # dispatched at the deadline is on time
             & (pl.col("t_dis").is_null() | (pl.col("t_dis") >= pl.col("end")))
         )
     known = rows.group_by("entity_id").agg(since=pl.col("ws").min()).join(ends, how="cross")
