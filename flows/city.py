@@ -25,17 +25,27 @@ from cityvitals.lake import Lake
 from flows.config import KafkaConfig, PipelineConfig, recovery_requested
 from flows.kafka_io import KafkaOutput
 from flows.sinks import ParquetSink
+from indicators import deadlines
 from indicators.aggregate import partials, split_by_shard
 from indicators.definitions import Catalog, load_catalog
+from indicators.liveness import heard
+from indicators.timers import Clock, Timers
 from indicators.watermark import PartitionClock
 from indicators.windows import WindowStore
 from schemas.decode import Decoded, Decoder, RawBatch
-from schemas.families import BREACHES, DEAD_LETTERS, INDICATOR_VALUES, INGEST_BATCHES
+from schemas.families import (
+    BREACHES,
+    DEAD_LETTERS,
+    DEVICE_STATUS,
+    INDICATOR_VALUES,
+    INGEST_BATCHES,
+    ORDER_DEADLINES,
+)
 from schemas.messages import breach_messages, dead_letter_messages, indicator_messages
 from thresholds.evaluate import Evaluator
 from thresholds.rules import RuleSet, load_rules
 
-__all__ = ["Closed", "Ingested", "ShardItem", "build"]
+__all__ = ["Closed", "Fired", "Ingested", "ShardItem", "TimerItem", "build"]
 
 
 @dataclass(slots=True)
@@ -44,8 +54,19 @@ class Ingested:
 
     decoded: Decoded
     shard_parts: list[dict[str, pl.DataFrame]]
+    timer_parts: list[dict[str, pl.DataFrame]]  # heartbeat "runs" and order "changes"
     watermark_us: int | None
     max_event_us: int | None
+
+
+@dataclass(slots=True)
+class TimerItem:
+    """What one shard's timers receive from one batch."""
+
+    partition: str
+    runs: pl.DataFrame | None
+    changes: pl.DataFrame | None
+    watermark_us: int | None
 
 
 @dataclass(slots=True)
@@ -72,7 +93,17 @@ class _Ingest:
         if batch.idle_until is not None:  # an idle partition must not hold windows open
             clock.observe(int(batch.idle_until.timestamp() * 1_000_000))
         parts = split_by_shard(partials(self.catalog, decoded.frames), self.config.shards)
-        return clock, Ingested(decoded, parts, clock.watermark_us, clock.max_event_us)
+        timed = {}
+        if (beats := decoded.frames.get("heartbeat")) is not None and beats.height:
+            timed["runs"] = heard(beats, self.catalog.devices)
+        if (orders := decoded.frames.get("workorder")) is not None and orders.height:
+            timed["changes"] = deadlines.changes(orders)
+        timers = split_by_shard(timed, self.config.shards, _TIMER_KEYS)
+        return clock, Ingested(decoded, parts, timers, clock.watermark_us, clock.max_event_us)
+
+
+#: Devices and orders are spread over the shards by their own ids.
+_TIMER_KEYS = {"runs": "device_id", "changes": "order_id"}
 
 
 @dataclass(slots=True)
@@ -109,6 +140,55 @@ class _Windows(StatefulLogic[ShardItem, Closed, bytes]):
 
     def snapshot(self) -> bytes:
         return pickle.dumps(self.store, protocol=pickle.HIGHEST_PROTOCOL)  # a copy, frozen now
+
+
+@dataclass(slots=True)
+class Fired:
+    """Records a shard's timers produced: device status and order deadline changes."""
+
+    devices: pl.DataFrame
+    orders: pl.DataFrame
+
+
+class _Timers(StatefulLogic[TimerItem, Fired, bytes]):
+    """Bytewax glue around one shard's :class:`Timers`: input, and wall-clock wake-ups."""
+
+    def __init__(self, timers: Timers) -> None:
+        self.timers = timers
+
+    def on_item(self, value: TimerItem):
+        fired = self.timers.add(
+            value.partition, value.runs, value.changes, value.watermark_us, datetime.now(UTC)
+        )
+        return _fired(*fired), StatefulLogic.RETAIN
+
+    def on_notify(self):
+        return _fired(*self.timers.tick(datetime.now(UTC))), StatefulLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        return self.timers.wake_at()
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps(self.timers, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _fired(devices: pl.DataFrame, orders: pl.DataFrame) -> list[Fired]:
+    return [Fired(devices, orders)] if devices.height or orders.height else []
+
+
+def _to_timers(item: tuple[str, Ingested]) -> list[tuple[str, TimerItem]]:
+    partition, ing = item
+    return [
+        (str(i), TimerItem(partition, parts.get("runs"), parts.get("changes"), ing.watermark_us))
+        for i, parts in enumerate(ing.timer_parts)
+    ]
+
+
+def _stamped(frame: pl.DataFrame, schema: pa.Schema) -> pa.Table | None:
+    """Records with their ``emitted_at`` (now), as an Arrow table; None if there are none."""
+    if not frame.height:
+        return None
+    return _arrow(frame.with_columns(emitted_at=pl.lit(datetime.now(UTC))), schema)
 
 
 def _to_shards(item: tuple[str, Ingested]) -> list[tuple[str, ShardItem]]:
@@ -174,6 +254,14 @@ def build(
             lake, table, shards, config.flush_rows, config.flush_interval, config.recovery
         )
 
+    clock: Clock = config.clock or (
+        "wall" if kafka is not None and not kafka.stop_at_end else "event"
+    )
+
+    def timers(resume: bytes | None) -> _Timers:
+        state = pickle.loads(resume) if resume is not None else None
+        return _Timers(state or Timers(catalog, partitions, clock))
+
     def evaluate(ev: Evaluator | None, closed: Closed):
         ev = ev or Evaluator(rules)
         return ev, ev.evaluate(closed.values, now=datetime.now(UTC), watermark=closed.watermark)
@@ -195,6 +283,20 @@ def build(
     accounting = op.map("accounting", arrived, _accounting)
     # (partition, pa.Table): one row per batch, events_in = valid + dead_letters
     op.output("ingest_out", accounting, sink("ingest_batches"))
+    timed = op.flat_map("to_timers", ingested, _to_timers)
+    # (shard, TimerItem): heartbeat runs by device, order changes by order id, watermark
+    fired = op.stateful("timers", timed, timers)
+    # (shard, Fired): devices gone offline or back, orders overdue and what became of them
+    device_tables = op.filter_map_value(
+        "device_table", fired, lambda f: _stamped(f.devices, DEVICE_STATUS)
+    )
+    # (shard, pa.Table of device status changes)
+    op.output("device_status_out", device_tables, sink("device_status"))
+    order_tables = op.filter_map_value(
+        "order_table", fired, lambda f: _stamped(f.orders, ORDER_DEADLINES)
+    )
+    # (shard, pa.Table of order deadline records)
+    op.output("order_deadlines_out", order_tables, sink("order_deadlines"))
     sharded = op.flat_map("to_shards", ingested, _to_shards)
     # (shard, ShardItem)
     values = op.stateful(

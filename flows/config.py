@@ -69,6 +69,16 @@ class PipelineConfig(BaseModel):
             "replaces what an earlier start wrote before its first snapshot."
         ),
     )
+    clock: Literal["event", "wall"] | None = Field(
+        default=None,
+        description=(
+            "How the timers step (device offline, order overdue) tells time. 'event': the "
+            "input's low watermark only, so replays give the same records. 'wall': the "
+            "watermark, carried on by the wall clock while it stands still, so devices of a "
+            "live stream that went silent still go offline on time. Unset: 'wall' for a live "
+            "Kafka stream, 'event' for files, the simulator and Kafka with stop_at_end."
+        ),
+    )
     catalog: Path = Field(default=DEFAULT_CATALOG, description="Indicator catalogue (YAML).")
     rules: Path = Field(default=DEFAULT_RULES, description="Threshold rules (YAML).")
 

@@ -152,8 +152,12 @@ def shard_of(entity_id: pl.Expr, shards: int) -> pl.Expr:
     return (entity_id.hash(seed=0) % shards).cast(pl.Int64)
 
 
-def split_by_shard(parts: dict[str, pl.DataFrame], shards: int) -> list[dict[str, pl.DataFrame]]:
+def split_by_shard(
+    parts: dict[str, pl.DataFrame], shards: int, keys: dict[str, str] | None = None
+) -> list[dict[str, pl.DataFrame]]:
     """Split every indicator's partials into ``shards`` groups by entity.
+
+    ``keys`` names another column to shard a frame by (``entity_id`` otherwise).
 
     >>> p = {"x": pl.DataFrame({"entity_id": ["a", "b", "a"], "window_start": [0, 0, 60]})}
     >>> split = split_by_shard(p, 4)
@@ -161,8 +165,12 @@ def split_by_shard(parts: dict[str, pl.DataFrame], shards: int) -> list[dict[str
     (3, 4)
     """
     out: list[dict[str, pl.DataFrame]] = [{} for _ in range(shards)]
-    tag = shard_of(pl.col("entity_id"), shards).alias("_shard")
-    tagged = pl.collect_all([frame.lazy().with_columns(tag) for frame in parts.values()])
+    keys = keys or {}
+
+    def tag(name: str) -> pl.Expr:
+        return shard_of(pl.col(keys.get(name, "entity_id")), shards).alias("_shard")
+
+    tagged = pl.collect_all([frame.lazy().with_columns(tag(n)) for n, frame in parts.items()])
     for indicator_id, frame in zip(parts, tagged, strict=True):
         for (shard,), piece in frame.partition_by(
             "_shard", as_dict=True, include_key=False

@@ -95,7 +95,7 @@ class Timers:
         if low is not None and (self._low is None or low > self._low):
             self._low, self._moved_at = low, _us(now)
         d, o = self._advance(self._low)
-        return _cat(devices + [d]), _cat(orders + [o])
+        return _cat([*devices, d]), _cat([*orders, o])
 
     def wake_at(self) -> datetime | None:
         """When the wall clock makes the next timer due (None: event time, or nothing due)."""
