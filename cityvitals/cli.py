@@ -53,6 +53,14 @@ def _print_summary(s: dict, seconds: float) -> None:
     click.echo(f"alerts opened  {s['breaches']:>10,}   (by peak severity)")
     for sev, n in s["alerts_by_peak_severity"].items():
         click.echo(f"  {sev:<22}{n:>8,}")
+    went = s["device_status"].get("offline", 0)
+    click.echo(f"devices offline {went:>9,}   (went offline; back online: ", nl=False)
+    click.echo(f"{s['device_status'].get('online', 0):,})")
+    overdue = s["order_deadlines"].get("overdue", 0)
+    late = s["order_deadlines"].get("dispatched_late", 0)
+    click.echo(
+        f"orders overdue  {overdue:>9,}   (past their 1510 deadline; dispatched late: {late:,})"
+    )
 
 
 def _fresh_out(out: Path, overwrite: bool) -> None:

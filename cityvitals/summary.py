@@ -47,6 +47,12 @@ def summarize(lake: Lake) -> dict:
                 [list(SEVERITIES)],
             ).fetchall()
         )
+        devices = dict(
+            con.execute("SELECT status, count(*) FROM device_status GROUP BY status").fetchall()
+        )
+        orders = dict(
+            con.execute("SELECT state, count(*) FROM order_deadlines GROUP BY state").fetchall()
+        )
         changes = con.execute("SELECT count(*) FROM breaches").fetchone()[0]
         values = con.execute("SELECT count(*) FROM indicator_values").fetchone()[0]
     finally:
@@ -65,6 +71,8 @@ def summarize(lake: Lake) -> dict:
             k: int(peak[k]) for k in sorted(peak, key=order.__getitem__, reverse=True)
         },
         "breach_records": int(changes),
+        "device_status": {k: int(devices[k]) for k in sorted(devices)},
+        "order_deadlines": {k: int(orders[k]) for k in sorted(orders)},
         "indicator_values": int(values),
         "duckdb": str(lake.db_path),
     }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from cityvitals.simulate import calm_period, incidents
@@ -106,3 +108,48 @@ def test_indicator_levels_agree_with_breaches(small_run):
         ).fetchall()
     }
     assert levels == {"normal", "red"}
+
+
+def test_silent_cameras_go_offline_and_come_back_in_the_device_status_table(small_run):
+    scenario, lake = small_run
+    (silent,) = [i for i in incidents(scenario) if i.id == "devices_silent"]
+    allowance = load_catalog().devices.allowance_us["camera"] / 1e6
+    con = lake.connect()
+    rows = con.execute(
+        "SELECT device_id, device_type, grid_id, status, event_ts, silent_s FROM device_status"
+    ).fetchall()
+    offline = [r for r in rows if r[3] == "offline"]
+    assert offline, "the silent cameras must go offline"
+    # Only the incident's cameras, each offline once, within an allowance of the start.
+    assert {(r[1], r[2]) for r in offline} == {("camera", silent.entity_id.split("/")[1])}
+    assert len({r[0] for r in offline}) == len(offline)
+    for r in offline:
+        assert r[5] == allowance
+        assert silent.start <= r[4] <= silent.start + timedelta(seconds=2 * allowance), r
+    # ... and each is back online after the incident, with its silence measured.
+    back = {r[0]: r for r in rows if r[3] == "online"}
+    assert set(back) == {r[0] for r in offline}
+    for r in back.values():
+        assert r[4] >= silent.end - timedelta(minutes=1), r
+        assert r[5] > allowance
+
+
+def test_orders_never_dispatched_are_overdue_at_their_deadline(small_run):
+    scenario, lake = small_run
+    deadline = load_catalog().workorders.deadlines["small"]
+    rows = (
+        lake.connect()
+        .execute(
+            "SELECT order_id, state, event_ts, reported_ts, deadline_ts, department "
+            "FROM order_deadlines WHERE state = 'overdue'"
+        )
+        .fetchall()
+    )
+    # The scripted ones (6 reports, urban management) whose deadline falls in the afternoon.
+    end = scenario.start + timedelta(minutes=scenario.minutes)
+    assert len(rows) >= 5
+    for order_id, _, event_ts, reported, due, department in rows:
+        assert due == reported + deadline == event_ts, order_id
+        assert event_ts < end
+        assert department == "urban_management"
+    assert len({r[0] for r in rows}) == len(rows)  # once per order
