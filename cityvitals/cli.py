@@ -4,7 +4,7 @@
 dataflow; ``cityvitals run`` processes a recorded JSON-lines file;
 ``cityvitals simulate`` writes the scenario; ``cityvitals schemas`` checks or
 regenerates the JSON Schemas; ``cityvitals check`` loads every indicator and
-rule and reports threshold coverage; ``cityvitals catalog`` checks or
+rule and the department rating, and reports threshold coverage; ``cityvitals catalog`` checks or
 regenerates the catalogue page.
 """
 
@@ -370,20 +370,29 @@ _RULES_OPTION = click.option(
     help="Threshold rules (default: the packaged thresholds/rules.yaml).",
 )
 
+_RATING_OPTION = click.option(
+    "--rating",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Five-colour department rating (default: the packaged thresholds/rating.yaml).",
+)
+
 
 @main.command()
 @_CATALOG_OPTION
 @_RULES_OPTION
-def check(catalog: Path | None, rules: Path | None) -> None:
-    """Load every indicator and rule; print coverage per sector, or the errors.
+@_RATING_OPTION
+def check(catalog: Path | None, rules: Path | None, rating: Path | None) -> None:
+    """Load every indicator and rule and the rating; print coverage per sector, or the errors.
 
     Exits non-zero, naming file, line and key, if anything is wrong: an
     indicator without thresholds, a rule for an unknown indicator,
-    inconsistent bounds.
+    inconsistent bounds, a rating of an indicator not keyed by department.
     """
     from thresholds.coverage import coverage
+    from thresholds.rating import DEFAULT_RATING, load_rating
 
     cat, ruleset = _catalog_and_rules(catalog, rules)
+    five = load_rating(rating or DEFAULT_RATING, catalog=cat)
     click.echo(f"{'sector':<16}{'indicators':>11}{'with thresholds':>17}{'share':>8}{'rules':>7}")
     for r in coverage(cat, ruleset):
         if r.sector == "total":
@@ -398,6 +407,7 @@ def check(catalog: Path | None, rules: Path | None) -> None:
         "no-data policies": sum(r.no_data is not None for r in ruleset.rules),
     }
     click.echo(", ".join(f"{n} {k}" for k, n in kinds.items()))
+    click.echo(f"department rating: {five.summary()}")
 
 
 @main.command("catalog")

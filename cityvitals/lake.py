@@ -6,6 +6,11 @@ Layout under the output directory::
     lake/<table>/_schema/empty.parquet       # keeps the views valid before data
     cityvitals.duckdb                        # views over the Parquet files
 
+Besides one view per table, the DuckDB file holds ``department_rating``, the
+five-colour rating of departments over ``indicator_values``
+(:mod:`thresholds.rating`, configured by ``thresholds/rating.yaml`` unless
+the lake is given another rating).
+
 Why views and not tables: the pipeline owns the Parquet files and never holds
 the DuckDB file open. It writes the views once, in a short transaction at
 start, and closes the file. Analysts can then open ``cityvitals.duckdb``
@@ -21,10 +26,13 @@ half a file.
 >>> con = lake.connect()
 >>> con.execute("select count(*) from breaches").fetchone()
 (0,)
+>>> con.execute("select count(*) from department_rating").fetchone()
+(0,)
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from datetime import date
@@ -35,7 +43,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from indicators.definitions import load_catalog
 from schemas.families import OUTPUT_TABLES
+from thresholds.rating import DEFAULT_RATING, RATING_VIEW, Rating, load_rating, rating_sql
 
 __all__ = ["PARTITION_COLUMN", "Lake", "LakeError"]
 
@@ -57,10 +67,25 @@ class LakeError(RuntimeError):
 
 
 class Lake:
-    """Paths and atomic writes of one output directory."""
+    """Paths and atomic writes of one output directory.
 
-    def __init__(self, root: Path | str) -> None:
+    ``rating`` configures the ``department_rating`` view: a :class:`Rating`,
+    or the path of a rating file (checked against the default catalogue);
+    by default ``thresholds/rating.yaml``. It is read when the views are
+    written (:meth:`create`), so a bad file raises
+    :class:`cityvitals.yamlconf.ConfigError` there.
+    """
+
+    def __init__(self, root: Path | str, rating: Rating | Path | str | None = None) -> None:
         self.root = Path(root)
+        self._rating = rating
+
+    @property
+    def rating(self) -> Rating:
+        """The rating configuration of the ``department_rating`` view (loaded once)."""
+        if not isinstance(self._rating, Rating):
+            self._rating = load_rating(self._rating or DEFAULT_RATING, catalog=load_catalog())
+        return self._rating
 
     @property
     def db_path(self) -> Path:
@@ -97,7 +122,9 @@ class Lake:
         Readers never wait: a session already open keeps the file it opened,
         a new one gets the new file, and nobody ever sees the write lock.
         """
-        if self._views_current():
+        rating = rating_sql(self.rating)
+        stamp = _stamp(rating)
+        if self._views_current(stamp):
             return
         tmp = self.db_path.with_name(f".{DB_NAME}.tmp")
         tmp.unlink(missing_ok=True)
@@ -108,6 +135,8 @@ class Lake:
                     f"CREATE VIEW {table} AS SELECT * FROM read_parquet("
                     f"'{self.glob(table)}', union_by_name = true)"
                 )
+            con.execute(f"CREATE VIEW {RATING_VIEW} AS {rating}")
+            con.execute(f"COMMENT ON VIEW {RATING_VIEW} IS '{stamp}'")
             con.execute("CHECKPOINT")
         finally:
             con.close()
@@ -119,7 +148,11 @@ class Lake:
             for day in self.table_dir(table).glob("date=*"):
                 shutil.rmtree(day)
 
-    def _views_current(self) -> bool:
+    def _views_current(self, stamp: str) -> bool:
+        """Whether the file has every table view over this lake's files, and the rating
+        view of this configuration (its comment is ``stamp``, a hash of its SQL: DuckDB
+        keeps a view's SQL reformatted, so the text itself can't be compared).
+        """
         if not self.db_path.exists():
             return False
         try:
@@ -127,14 +160,15 @@ class Lake:
         except duckdb.Error:
             return False
         try:
-            found = dict(
-                con.execute(
-                    "select view_name, sql from duckdb_views() where not internal"
-                ).fetchall()
-            )
+            rows = con.execute(
+                "select view_name, sql, comment from duckdb_views() where not internal"
+            ).fetchall()
         finally:
             con.close()
-        return all(t in found and self.glob(t) in found[t] for t in OUTPUT_TABLES)
+        found = {name: sql for name, sql, _ in rows}
+        comments = {name: comment for name, _, comment in rows}
+        tables = all(t in found and self.glob(t) in found[t] for t in OUTPUT_TABLES)
+        return tables and comments.get(RATING_VIEW) == stamp
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         """A read-only DuckDB connection to the views, as an analyst opens it."""
@@ -175,6 +209,11 @@ class Lake:
 
     def _part_path(self, table: str, day: date, writer: str, n: int) -> Path:
         return self.table_dir(table) / f"date={day.isoformat()}" / f"part-{writer}-{n:06d}.parquet"
+
+
+def _stamp(sql: str) -> str:
+    """What the rating view's comment says: a hash of the SQL it was written from."""
+    return "cityvitals rating sha256:" + hashlib.sha256(sql.encode("utf-8")).hexdigest()
 
 
 def _atomic_write(table: pa.Table, path: Path) -> None:
