@@ -143,3 +143,76 @@ def test_on_a_live_stream_that_goes_silent_devices_go_offline_by_the_wall_clock(
     event = config.model_copy(update={"out": tmp_path / "event", "clock": "event"})
     run_main(build(_LiveSource(["cam-a", "cam-b"], hold=0.5), event, catalog=catalog))
     assert _records(event.out, "device_status", "device_id") == []
+
+
+class _PacedPartition(StatefulSourcePartition[RawBatch, None]):
+    """Replays ``beats`` (seconds from the start, device) live: each stamped and sent on time."""
+
+    def __init__(self, beats: list[tuple[float, str]], sent: list[bytes]) -> None:
+        self._beats = sorted(beats)
+        self._sent = sent
+        self._start = time.monotonic()
+        self._t0 = datetime.now(UTC)
+
+    def next_batch(self) -> list[RawBatch]:
+        if not self._beats:
+            raise StopIteration
+        elapsed = time.monotonic() - self._start
+        due = [b for b in self._beats if b[0] <= elapsed]
+        if not due:
+            return []
+        self._beats = self._beats[len(due) :]
+        lines = [heartbeat(self._t0 + timedelta(seconds=s), d) for s, d in due]
+        offset = len(self._sent)
+        self._sent.extend(lines)
+        return [RawBatch("live", 0, offset, lines)]
+
+    def next_awake(self) -> datetime:
+        return datetime.now(UTC) + timedelta(milliseconds=10)
+
+    def snapshot(self) -> None:
+        return None
+
+
+class _PacedSource(FixedPartitionedSource[RawBatch, None]):
+    def __init__(self, beats: list[tuple[float, str]]) -> None:
+        self.beats = beats
+        self.sent: list[bytes] = []
+
+    def list_parts(self) -> list[str]:
+        return [partition_key("live", 0)]
+
+    def build_part(self, step_id, for_part, resume_state):
+        return _PacedPartition(self.beats, self.sent)
+
+
+def test_a_replay_of_the_recorded_stream_gives_the_live_runs_records(tmp_path):
+    # 1-second allowance. "a" beats all along; "b" stops at 1 s and comes back at 2.6 s;
+    # "c" stops at 0.4 s for good. Live, the wall clock may find a silence before the
+    # watermark does; the replay of the same lines in event time must agree record for record.
+    devices = Devices(
+        heartbeat=dict.fromkeys(DEVICE_TYPES, "500ms"), missed_heartbeats=2, forget_after="1h"
+    )
+    catalog = load_catalog().model_copy(update={"devices": devices})
+    beats = [(k * 0.2, "a") for k in range(21)]
+    beats += [(k * 0.2, "b") for k in range(6)] + [(2.6, "b"), (2.8, "b")]
+    beats += [(0.0, "c"), (0.2, "c"), (0.4, "c")]
+    live_source = _PacedSource(beats)
+    live = PipelineConfig(
+        out=tmp_path / "live", clock="wall", allowed_lateness="50ms", flush_interval="100ms"
+    )
+    run_main(build(live_source, live, catalog=catalog))
+    path = tmp_path / "recorded.jsonl"
+    path.write_bytes(b"\n".join(live_source.sent) + b"\n")
+    replay = live.model_copy(update={"out": tmp_path / "replay", "clock": "event"})
+    run_main(build(JsonLinesSource(path, 3), replay, catalog=catalog))
+    columns = "device_id, status, event_ts, last_seen_ts, silent_s"
+    got_live = _records(live.out, "device_status", columns)
+    got_replay = _records(replay.out, "device_status", columns)
+    assert [(d, s) for d, s, *_ in got_replay] == [
+        ("b", "offline"),  # at 2.0 s
+        ("b", "offline"),  # at 3.8 s, after its return
+        ("b", "online"),  # at 2.6 s
+        ("c", "offline"),  # at 1.4 s
+    ]
+    assert got_live == got_replay
