@@ -6,9 +6,19 @@ A fixture lists each problem it must produce in a comment line
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from cityvitals.yamlconf import ConfigError
+
+
+def check_command(*args: str) -> subprocess.CompletedProcess:
+    """``cityvitals check ARGS`` run as users run it, output captured as text."""
+    command = Path(sys.executable).with_name("cityvitals")
+    return subprocess.run(
+        [str(command), "check", *args], capture_output=True, text=True, check=False
+    )
 
 
 def expectations(path: Path) -> list[tuple[int, str, list[str]]]:

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from cityvitals.cli import main
 from cityvitals.simulate import Scenario, write_jsonl
+from tests.config_fixtures import check_command
 
 CITYVITALS = Path(sys.executable).with_name("cityvitals")
 
@@ -141,12 +142,7 @@ def test_check_fails_naming_the_indicator_without_thresholds(tmp_path):
 
 def test_check_through_the_command_names_file_line_and_key():
     bad = Path(__file__).parents[1] / "thresholds" / "fixtures" / "clear_wrong_side.bad.yaml"
-    done = subprocess.run(
-        [str(Path(sys.executable).with_name("cityvitals")), "check", "--rules", str(bad)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = check_command("--rules", str(bad))
     assert done.returncode == 2
     assert f"{bad}:12: rules.0.clear.orange: got 60" in done.stderr
     assert done.stdout == ""

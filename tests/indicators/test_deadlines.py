@@ -11,6 +11,7 @@ from indicators.aggregate import partial
 from indicators.deadlines import DeadlineBook, changes
 from indicators.definitions import Catalog, WorkOrders, load_catalog
 from indicators.windows import WindowStore
+from tests.indicators.streams import workorders
 
 T0 = datetime(2026, 5, 12, 10, tzinfo=UTC)  # "10:00"
 WORKORDERS = WorkOrders()  # small 30m, big 1d, hard 5d, thorny 10d
@@ -22,18 +23,7 @@ def us(minutes: float) -> int:
 
 def orders(*rows) -> pl.DataFrame:
     """Work-order status changes (minutes after 10:00, order, status, class)."""
-    return pl.DataFrame(
-        {
-            "ts": [T0 + timedelta(minutes=m) for m, _, _, _ in rows],
-            "order_id": [o for _, o, _, _ in rows],
-            "status": [s for _, _, s, _ in rows],
-            "event_class": [c for _, _, _, c in rows],
-            "department": ["roads"] * len(rows),
-            "grid_id": ["G1"] * len(rows),
-            "district_id": ["D1"] * len(rows),
-        },
-        schema_overrides={"ts": pl.Datetime("us", "UTC")},
-    )
+    return workorders(T0, rows, department="roads", grid_id="G1")
 
 
 def brief(records: pl.DataFrame) -> list[tuple]:

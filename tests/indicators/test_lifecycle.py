@@ -11,6 +11,7 @@ from indicators.aggregate import partial
 from indicators.definitions import LIFECYCLE, Aggregation, Catalog, IndicatorDef, WorkOrders
 from indicators.lifecycle import OrderLifecycle
 from indicators.windows import WindowStore
+from tests.indicators.streams import workorders
 
 T0 = datetime(2026, 5, 12, 10, 0, tzinfo=UTC)  # "10:00" in the examples below
 
@@ -34,15 +35,7 @@ def define(aggregation: str, window: str = "15m", by=("district_id",)) -> Indica
 
 def changes(*rows) -> pl.DataFrame:
     """Status changes (minutes after 10:00, order, status, class), all in district D1."""
-    return pl.DataFrame(
-        {
-            "ts": [T0 + timedelta(minutes=m) for m, _, _, _ in rows],
-            "order_id": [o for _, o, _, _ in rows],
-            "status": [s for _, _, s, _ in rows],
-            "event_class": [c for _, _, _, c in rows],
-            "district_id": ["D1"] * len(rows),
-        }
-    )
+    return workorders(T0, rows)
 
 
 def run(d: IndicatorDef, batches, until_minutes: int) -> dict[int, tuple[float, int]]:

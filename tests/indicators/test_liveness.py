@@ -15,6 +15,7 @@ from indicators.definitions import Catalog, Devices, load_catalog
 from indicators.liveness import Liveness, heard
 from indicators.windows import WindowStore
 from schemas.families import DEVICE_TYPES
+from tests.indicators.streams import heartbeats
 
 T0 = datetime(2026, 5, 12, 6, tzinfo=UTC)
 MIN = 60_000_000
@@ -31,16 +32,7 @@ def at(minutes: float) -> datetime:
 
 def beats(*rows, kind: str = "camera") -> pl.DataFrame:
     """Heartbeats (minutes after T0, device, grid) of one device type in district D1."""
-    return pl.DataFrame(
-        {
-            "device_id": [d for _, d, _ in rows],
-            "device_type": [kind] * len(rows),
-            "grid_id": [g for _, _, g in rows],
-            "district_id": ["D1"] * len(rows),
-            "ts": [at(m) for m, _, _ in rows],
-        },
-        schema_overrides={"ts": pl.Datetime("us", "UTC")},
-    )
+    return heartbeats(T0, rows, kind)
 
 
 def brief(records: pl.DataFrame) -> list[tuple]:

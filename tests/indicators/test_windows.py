@@ -12,6 +12,7 @@ from indicators.aggregate import partial
 from indicators.definitions import Catalog, Devices, IndicatorDef, load_catalog
 from indicators.watermark import PartitionClock
 from indicators.windows import VALUES_SCHEMA, WindowStore
+from tests.indicators.streams import heartbeats, workorders
 
 T0 = datetime(2026, 5, 12, 6, 0, tzinfo=UTC)
 S = 1_000_000  # one second in microseconds
@@ -257,16 +258,9 @@ def test_flush_closes_trailing_column_windows():
 CATALOG = load_catalog()
 
 
-def heartbeats(*rows) -> pl.DataFrame:
+def beats(*rows) -> pl.DataFrame:
     """Heartbeats (minutes after T0, device, grid) of cameras."""
-    return pl.DataFrame(
-        {
-            "ts": [T0 + timedelta(minutes=m) for m, _, _ in rows],
-            "device_id": [dev for _, dev, _ in rows],
-            "device_type": ["camera"] * len(rows),
-            "grid_id": [grid for _, _, grid in rows],
-        }
-    )
+    return heartbeats(T0, rows)
 
 
 def test_online_rate_counts_devices_heard_within_their_allowance_at_the_window_end():
@@ -276,10 +270,10 @@ def test_online_rate_counts_devices_heard_within_their_allowance_at_the_window_e
     clock = PartitionClock(timedelta(0))
     last = {"d1": 9, "d2": 4, "d3": 12, "x": 24}  # G1: d1, d2, d3; G2: x
     grid = {"d1": "G1", "d2": "G1", "d3": "G1", "x": "G2"}
-    beats = sorted((m, dev) for dev, stop in last.items() for m in range(stop + 1))
+    stream = sorted((m, dev) for dev, stop in last.items() for m in range(stop + 1))
     out = []
     for start in range(0, 25, 5):
-        batch = heartbeats(*[(m, dev, grid[dev]) for m, dev in beats if start <= m < start + 5])
+        batch = beats(*[(m, dev, grid[dev]) for m, dev in stream if start <= m < start + 5])
         store.add({d.id: partial(d, batch)})
         clock.observe(batch["ts"].dt.epoch("us").max())
         out.append(store.advance("p0", clock.watermark_us, clock.max_event_us))
@@ -303,9 +297,9 @@ def test_online_rate_forgets_devices_silent_for_forget_after():
     devices = Devices(forget_after="10m")
     d = CATALOG["device.online_rate"]
     store = WindowStore(Catalog(indicators=[d], devices=devices), partitions=["p0"])
-    store.add({d.id: partial(d, heartbeats((0, "gone", "G1"), (1, "stays", "G1")))})
+    store.add({d.id: partial(d, beats((0, "gone", "G1"), (1, "stays", "G1")))})
     for m in range(2, 21):
-        store.add({d.id: partial(d, heartbeats((m, "stays", "G1")))})
+        store.add({d.id: partial(d, beats((m, "stays", "G1")))})
     out = store.advance("p0", us(T0 + timedelta(minutes=20)))
     rows = out.sort("window_start").select("value", "samples").rows()
     # "gone" is offline from 3 and forgotten after 10: the rate is over 1 device from then on.
@@ -315,24 +309,16 @@ def test_online_rate_forgets_devices_silent_for_forget_after():
 def test_flush_does_not_emit_an_incomplete_population_window():
     d = CATALOG["device.online_rate"]
     store = WindowStore(Catalog(indicators=[d]), partitions=["p0"])
-    batch = heartbeats((3, "d1", "G1"), (4, "d2", "G1"), (6, "d1", "G1"))
+    batch = beats((3, "d1", "G1"), (4, "d2", "G1"), (6, "d1", "G1"))
     store.add({d.id: partial(d, batch)})
     assert store.advance("p0", None, us(T0 + timedelta(minutes=6))).height == 0
     out = store.flush()
     assert out.select("window_start", "value").rows() == [(T0, 1.0)]
 
 
-def workorders(*rows) -> pl.DataFrame:
+def orders(*rows) -> pl.DataFrame:
     """Status changes (minutes after T0, order, status, class) in district D1."""
-    return pl.DataFrame(
-        {
-            "ts": [T0 + timedelta(minutes=m) for m, _, _, _ in rows],
-            "order_id": [o for _, o, _, _ in rows],
-            "status": [s for _, _, s, _ in rows],
-            "event_class": [c for _, _, _, c in rows],
-            "district_id": ["D1"] * len(rows),
-        }
-    )
+    return workorders(T0, rows)
 
 
 def run_overdue(batches, until_minutes: int) -> dict[int, float]:
@@ -352,7 +338,7 @@ def run_overdue(batches, until_minutes: int) -> dict[int, float]:
 def test_small_order_never_dispatched_is_overdue_from_its_deadline_on():
     # Reported at 15m with a 30m deadline: due at 45m, the end of window [30, 45), where a
     # dispatch would still be on time; overdue at every window end after it.
-    reported = workorders((15, "WO-1", "reported", "small"), (16, "WO-2", "dispatched", "big"))
+    reported = orders((15, "WO-1", "reported", "small"), (16, "WO-2", "dispatched", "big"))
     assert run_overdue([reported], until_minutes=90) == {
         15: 0.0,
         30: 0.0,
@@ -364,9 +350,9 @@ def test_small_order_never_dispatched_is_overdue_from_its_deadline_on():
 
 def test_small_order_is_counted_until_dispatched():
     batches = [
-        workorders((2, "WO-1", "reported", "small")),  # due at 32m: first end >= 32m is 45m
-        workorders((5, "WO-2", "reported", "big")),  # due in a day: never overdue here
-        workorders((50, "WO-1", "dispatched", "small")),
+        orders((2, "WO-1", "reported", "small")),  # due at 32m: first end >= 32m is 45m
+        orders((5, "WO-2", "reported", "big")),  # due in a day: never overdue here
+        orders((50, "WO-1", "dispatched", "small")),
     ]
     assert run_overdue(batches, until_minutes=75) == {
         0: 0.0,
@@ -378,7 +364,7 @@ def test_small_order_is_counted_until_dispatched():
 
 
 def test_order_dispatched_in_time_is_never_overdue():
-    batches = [workorders((2, "WO-1", "reported", "small"), (20, "WO-1", "dispatched", "small"))]
+    batches = [orders((2, "WO-1", "reported", "small"), (20, "WO-1", "dispatched", "small"))]
     assert set(run_overdue(batches, until_minutes=60).values()) == {0.0}
 
 

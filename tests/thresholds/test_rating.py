@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import math
 import random
-import subprocess
-import sys
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -28,7 +26,7 @@ from cityvitals.lake import Lake
 from cityvitals.yamlconf import ConfigError
 from indicators.definitions import load_catalog
 from schemas.families import INDICATOR_VALUES
-from tests.config_fixtures import assert_problems_match, expectations
+from tests.config_fixtures import assert_problems_match, check_command, expectations
 from thresholds.rating import (
     COLUMNS,
     DEFAULT_RATING,
@@ -503,12 +501,7 @@ def test_check_prints_the_rating():
 
 def test_check_through_the_command_names_the_rating_file_line_and_key():
     bad = FIXTURES / "colours.bad.yaml"
-    done = subprocess.run(
-        [str(Path(sys.executable).with_name("cityvitals")), "check", "--rating", str(bad)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = check_command("--rating", str(bad))
     assert done.returncode == 2
     assert f"{bad}:11: colours.2.colour: got 'green'" in done.stderr
     assert done.stdout == ""
