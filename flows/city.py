@@ -259,8 +259,9 @@ def build(
     )
 
     def timers(resume: bytes | None) -> _Timers:
-        state = pickle.loads(resume) if resume is not None else None
-        return _Timers(state or Timers(catalog, partitions, clock))
+        if resume is None:
+            return _Timers(Timers(catalog, partitions, clock))
+        return _Timers(pickle.loads(resume).resumed(datetime.now(UTC)))
 
     def evaluate(ev: Evaluator | None, closed: Closed):
         ev = ev or Evaluator(rules)

@@ -97,6 +97,17 @@ class Timers:
         d, o = self._advance(self._low)
         return _cat([*devices, d]), _cat([*orders, o])
 
+    def resumed(self, now: datetime) -> Timers:
+        """Restart the wall clock's count at ``now`` after a recovery; return self.
+
+        The time the process was down is not silence: what was sent meanwhile
+        waits in the input to be read, so the wall clock only counts from the
+        restart on.
+        """
+        if self._moved_at is not None:
+            self._moved_at = _us(now)
+        return self
+
     def wake_at(self) -> datetime | None:
         """When the wall clock makes the next timer due (None: event time, or nothing due)."""
         if self.clock != "wall" or self._low is None:

@@ -138,3 +138,13 @@ def test_timers_survive_a_snapshot():
     assert copy.wake_at() == timers.wake_at()
     later = T0 + timedelta(hours=1)
     assert keys(*copy.tick(later)) == keys(*timers.tick(later))
+
+
+def test_after_a_recovery_the_wall_clock_counts_from_the_restart():
+    timers = Timers(CATALOG, ["p0"], clock="wall")
+    feed(timers, [(0, "cam")], [], now=T0)
+    restored = pickle.loads(pickle.dumps(timers)).resumed(T0 + timedelta(hours=2))
+    # Two hours down are not two hours of silence: the backlog is still to be read.
+    devices, _ = restored.tick(T0 + timedelta(hours=2, minutes=1))
+    assert devices.height == 0
+    assert restored.wake_at() == T0 + timedelta(hours=2, minutes=3, seconds=30, microseconds=1)
