@@ -232,6 +232,14 @@ def _exactly(v: dict[str, timedelta], expected: tuple[str, ...], what: str) -> N
         )
 
 
+def _outlasts(key: str, got: timedelta, what: str, longest: timedelta, why: str) -> None:
+    """A horizon for letting go must be longer than what it lets go of."""
+    if got <= longest:
+        raise KeyedProblems(
+            [((key,), f"got {got}, expected longer than the longest {what}: {why}")]
+        )
+
+
 class Devices(_Strict):
     """When a device counts as offline (see :mod:`indicators.liveness`).
 
@@ -260,16 +268,13 @@ class Devices(_Strict):
     @model_validator(mode="after")
     def _forget_after_offline(self) -> Devices:
         longest = max(self.heartbeat.values()) * self.missed_heartbeats
-        if self.forget_after <= longest:
-            raise KeyedProblems(
-                [
-                    (
-                        ("forget_after",),
-                        f"got {self.forget_after}, expected longer than the longest "
-                        f"allowance {longest}: a device must go offline before it is forgotten",
-                    )
-                ]
-            )
+        _outlasts(
+            "forget_after",
+            self.forget_after,
+            f"allowance {longest}",
+            longest,
+            "a device must go offline before it is forgotten",
+        )
         return self
 
     @property
@@ -311,16 +316,13 @@ class WorkOrders(_Strict):
     @model_validator(mode="after")
     def _expire_after_deadlines(self) -> WorkOrders:
         longest = max(self.deadlines.values())
-        if self.expire_after <= longest:
-            raise KeyedProblems(
-                [
-                    (
-                        ("expire_after",),
-                        f"got {self.expire_after}, expected longer than the longest deadline "
-                        f"{longest}: an order must be overdue before it is let go",
-                    )
-                ]
-            )
+        _outlasts(
+            "expire_after",
+            self.expire_after,
+            f"deadline {longest}",
+            longest,
+            "an order must be overdue before it is let go",
+        )
         return self
 
     @property
