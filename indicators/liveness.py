@@ -166,13 +166,14 @@ class Liveness:
         if not runs.height:
             return pl.DataFrame(schema=RECORDS_SCHEMA)
         runs = runs.sort("device_id", "first")
+        known_before = self._n
         rows = self._rows_of(runs)
         allow = self._allow[runs["device_type"].replace_strict(_TYPE_CODE).to_numpy()]
         first, last = runs["first"].to_numpy(), runs["last"].to_numpy()
         # The end of the previous stretch: the state's for a device's first run, else the
         # previous run of the batch.
         same = np.r_[False, rows[1:] == rows[:-1]]
-        known = rows < self._n_before
+        known = rows < known_before
         prev = np.where(same, np.r_[0, last[:-1]], np.where(known, self._last[rows], -1))
         was_off = np.where(same, False, known & self._off[rows])
         starts_off = (prev >= 0) & (was_off | (first > prev + allow))
@@ -217,7 +218,6 @@ class Liveness:
 
     def _rows_of(self, runs: pl.DataFrame) -> np.ndarray:
         """Row of each run's device; new devices are appended."""
-        self._n_before = self._n
         get = self._row.get
         rows = np.fromiter(
             (get(d, -1) for d in runs["device_id"]), dtype=np.int64, count=runs.height
@@ -280,7 +280,6 @@ class Liveness:
         for name in ("_type", "_grid", "_district", "_last", "_off"):
             state[name] = state[name][:n].copy()  # a snapshot keeps only the rows in use
         state.pop("_row")
-        state.pop("_n_before", None)
         return state
 
     def __setstate__(self, state: dict) -> None:
