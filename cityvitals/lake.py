@@ -126,7 +126,8 @@ class Lake:
         stamp = _stamp(rating)
         if self._views_current(stamp):
             return
-        tmp = self.db_path.with_name(f".{DB_NAME}.tmp")
+        # One temporary file per process: the processes of a cluster all start at once.
+        tmp = self.db_path.with_name(f".{DB_NAME}.{os.getpid()}.tmp")
         tmp.unlink(missing_ok=True)
         con = duckdb.connect(str(tmp))
         try:
@@ -218,6 +219,6 @@ def _stamp(sql: str) -> str:
 
 def _atomic_write(table: pa.Table, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     pq.write_table(table, tmp, compression="zstd")
     os.replace(tmp, path)

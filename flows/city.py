@@ -57,6 +57,7 @@ class Ingested:
     timer_parts: list[dict[str, pl.DataFrame]]  # heartbeat "runs" and order "changes"
     watermark_us: int | None
     max_event_us: int | None
+    ended: bool  # the partition's last batch: nothing follows
 
 
 @dataclass(slots=True)
@@ -67,6 +68,7 @@ class TimerItem:
     runs: pl.DataFrame | None
     changes: pl.DataFrame | None
     watermark_us: int | None
+    ended: bool
 
 
 @dataclass(slots=True)
@@ -77,6 +79,7 @@ class ShardItem:
     parts: dict[str, pl.DataFrame]
     watermark_us: int | None
     max_event_us: int | None
+    ended: bool
 
 
 class _Ingest:
@@ -99,7 +102,8 @@ class _Ingest:
         if (orders := decoded.frames.get("workorder")) is not None and orders.height:
             timed["changes"] = deadlines.changes(orders)
         timers = split_by_shard(timed, self.config.shards, _TIMER_KEYS)
-        return clock, Ingested(decoded, parts, timers, clock.watermark_us, clock.max_event_us)
+        ing = Ingested(decoded, parts, timers, clock.watermark_us, clock.max_event_us, batch.ended)
+        return clock, ing
 
 
 #: Devices and orders are spread over the shards by their own ids.
@@ -126,7 +130,9 @@ class _Windows(StatefulLogic[ShardItem, Closed, bytes]):
 
     def on_item(self, value: ShardItem):
         self.store.add(value.parts)
-        out = self.store.advance(value.partition, value.watermark_us, value.max_event_us)
+        out = self.store.advance(
+            value.partition, value.watermark_us, value.max_event_us, value.ended
+        )
         mark = self.store.watermark_us
         if not out.height and mark == self._said:
             return [], StatefulLogic.RETAIN
@@ -158,7 +164,12 @@ class _Timers(StatefulLogic[TimerItem, Fired, bytes]):
 
     def on_item(self, value: TimerItem):
         fired = self.timers.add(
-            value.partition, value.runs, value.changes, value.watermark_us, datetime.now(UTC)
+            value.partition,
+            value.runs,
+            value.changes,
+            value.watermark_us,
+            datetime.now(UTC),
+            value.ended,
         )
         return _fired(*fired), StatefulLogic.RETAIN
 
@@ -179,7 +190,12 @@ def _fired(devices: pl.DataFrame, orders: pl.DataFrame) -> list[Fired]:
 def _to_timers(item: tuple[str, Ingested]) -> list[tuple[str, TimerItem]]:
     partition, ing = item
     return [
-        (str(i), TimerItem(partition, parts.get("runs"), parts.get("changes"), ing.watermark_us))
+        (
+            str(i),
+            TimerItem(
+                partition, parts.get("runs"), parts.get("changes"), ing.watermark_us, ing.ended
+            ),
+        )
         for i, parts in enumerate(ing.timer_parts)
     ]
 
@@ -194,7 +210,7 @@ def _stamped(frame: pl.DataFrame, schema: pa.Schema) -> pa.Table | None:
 def _to_shards(item: tuple[str, Ingested]) -> list[tuple[str, ShardItem]]:
     partition, ing = item
     return [
-        (str(i), ShardItem(partition, parts, ing.watermark_us, ing.max_event_us))
+        (str(i), ShardItem(partition, parts, ing.watermark_us, ing.max_event_us, ing.ended))
         for i, parts in enumerate(ing.shard_parts)
     ]
 

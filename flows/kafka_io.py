@@ -176,6 +176,7 @@ class _InputPartition(StatefulSourcePartition[RawBatch, int]):
         self._end = high if kafka.stop_at_end else None
         self._done = self._end is not None and self._next >= self._end
         self._idle = False
+        self._said_end = False
         self._idle_timeout = None if kafka.stop_at_end else kafka.idle_timeout
         self._caught_up: datetime | None = None  # when the partition's end was last reached
         self._ticked: datetime | None = None
@@ -183,6 +184,9 @@ class _InputPartition(StatefulSourcePartition[RawBatch, int]):
 
     def next_batch(self) -> list[RawBatch]:
         if self._done:
+            if not self._said_end:  # once more after the end: say that nothing follows
+                self._said_end = True
+                return [RawBatch(self._topic, self._partition, self._next, [], ended=True)]
             raise StopIteration
         lines, offsets = [], []
         for msg in self._consumer.consume(self._max_poll, 0.01):

@@ -84,14 +84,16 @@ class Timers:
         changes: pl.DataFrame | None,
         watermark_us: int | None,
         now: datetime,
+        ended: bool = False,
     ) -> tuple[pl.DataFrame, pl.DataFrame]:
         """Take one batch's heartbeat runs and order changes; return the records due.
 
-        ``now`` is the wall clock, used only with ``clock="wall"``.
+        ``now`` is the wall clock, used only with ``clock="wall"``; ``ended``: the
+        partition has said its last word (see :class:`Watermarks`).
         """
         devices = [self.liveness.observe(runs)] if runs is not None else []
         orders = [self.book.observe(changes)] if changes is not None else []
-        low = self._marks.update(partition, watermark_us)
+        low = self._marks.update(partition, watermark_us, ended)
         if low is not None and (self._low is None or low > self._low):
             self._low, self._moved_at = low, _us(now)
         d, o = self._advance(self._low)

@@ -112,6 +112,9 @@ class Watermarks:
     >>> marks = Watermarks(["p0", "p1"])
     >>> marks.update("p0", 10), marks.update("p1", 7), marks.update("p1", 5)
     (None, 7, 7)
+    >>> marks = Watermarks(["p0", "empty"])
+    >>> marks.update("p0", 10), marks.update("empty", None, ended=True)
+    (None, 10)
     """
 
     def __init__(self, partitions: list[str]) -> None:
@@ -123,8 +126,15 @@ class Watermarks:
         marks = [self._marks.get(p) for p in self.partitions]
         return None if not marks or None in marks else min(marks)
 
-    def update(self, partition: str, watermark_us: int | None) -> int | None:
-        """Record a partition's watermark (never moving back); return the low watermark."""
+    def update(self, partition: str, watermark_us: int | None, ended: bool = False) -> int | None:
+        """Record a partition's watermark (never moving back); return the low watermark.
+
+        A partition that ``ended`` without any watermark is no longer waited for.
+        """
+        if ended and watermark_us is None and partition not in self._marks:
+            if partition in self.partitions:
+                self.partitions.remove(partition)
+            return self.low_us
         if watermark_us is not None:
             if partition not in self.partitions:
                 self.partitions.append(partition)

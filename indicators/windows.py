@@ -205,16 +205,23 @@ class WindowStore:
                 self._state[indicator_id].add(part)
 
     def advance(
-        self, partition: str, watermark_us: int | None, max_event_us: int | None = None
+        self,
+        partition: str,
+        watermark_us: int | None,
+        max_event_us: int | None = None,
+        ended: bool = False,
     ) -> pl.DataFrame:
-        """Record a partition's watermark; return the values of windows now closed."""
+        """Record a partition's watermark; return the values of windows now closed.
+
+        ``ended``: the partition has said its last word (see :class:`Watermarks`).
+        """
         if max_event_us is not None and (
             self._max_event_us is None or max_event_us > self._max_event_us
         ):
             self._max_event_us = max_event_us
-        if watermark_us is None:
+        if watermark_us is None and not ended:
             return _empty()
-        until = self._marks.update(partition, watermark_us)
+        until = self._marks.update(partition, watermark_us, ended)
         return self._close(until) if until is not None else _empty()
 
     def flush(self) -> pl.DataFrame:

@@ -48,7 +48,10 @@ class RawBatch:
     A batch with no lines and ``idle_until`` set is an idleness tick: the
     source partition has been caught up and quiet for a while, and vouches
     that no event older than ``idle_until`` will follow (see
-    :meth:`indicators.watermark.PartitionClock.observe`).
+    :meth:`indicators.watermark.PartitionClock.observe`). A batch with
+    ``ended`` set is the partition's last word: nothing follows (a replay that
+    stops at the end of the data). A partition that ends without ever having
+    sent an event then no longer holds back the watermark of the others.
 
     >>> RawBatch("city.readings", 3, 7, [b"a", b"b"], offsets=[7, 9]).key
     'city.readings#3'
@@ -60,6 +63,7 @@ class RawBatch:
     lines: Sequence[bytes]
     offsets: Sequence[int] | None = None
     idle_until: datetime | None = None
+    ended: bool = False
 
     @property
     def key(self) -> str:

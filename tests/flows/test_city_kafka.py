@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -314,3 +315,52 @@ def test_a_partition_with_no_data_does_not_hold_windows_open_while_tailing(
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_of_two_workers_give_what_one_process_gives(
+    published, small_run, topic_prefix, tmp_path
+):
+    """A Bytewax cluster on loopback: every entity, device and order lives on one worker."""
+    kafka, events = published
+    kafka = with_outputs(kafka, topic_prefix)
+    out = tmp_path / "out"
+    env = flow_env(kafka, out, CITYVITALS__PIPELINE__SHARDS="8")
+    addresses = ";".join(f"127.0.0.1:{_free_port()}" for _ in range(2))
+    procs = []
+    for i in range(2):
+        log = tmp_path / f"flow-{i}.log"
+        args = [sys.executable, "-m", "bytewax.run", "flows.city_kafka", "-w", "2"]
+        args += ["-i", str(i), "-a", addresses]
+        procs.append(
+            (
+                subprocess.Popen(
+                    args, cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
+                ),
+                log,
+            )
+        )
+    for proc, log in procs:
+        finish(proc, log)
+    check_outputs(kafka, out, small_run, events)
+    _, reference = small_run
+    tables = {
+        "indicator_values": "indicator_id, entity_id, window_start, samples, level, "
+        "round(value, 9)",
+        "breaches": "alert_id, sequence, state, severity, event_ts, round(value, 9)",
+        "device_status": "device_id, status, event_ts, last_seen_ts",
+        "order_deadlines": "order_id, state, event_ts, overdue_s",
+    }
+    for table, columns in tables.items():
+        query = f"SELECT {columns} FROM {table} ORDER BY ALL"
+        got, want = (
+            Lake(out).connect().execute(query).fetchall(),
+            reference.connect().execute(query).fetchall(),
+        )
+        assert len(got) == len(want), table
+        assert got == want, table
