@@ -436,11 +436,11 @@ def catalog_cmd(write: bool) -> None:
 HEALTH_MAX_AGE = 120.0
 
 
-def _flow_lake() -> Lake:
-    """The lake of the Kafka flow's settings in this environment (as ``flows.city_kafka``)."""
+def _flow_config():
+    """The Kafka flow's settings in this environment, read as ``flows.city_kafka`` reads them."""
     from flows.config import load_flow_config
 
-    return Lake(load_flow_config(os.environ).pipeline.out)
+    return load_flow_config(os.environ)
 
 
 @main.command()
@@ -456,30 +456,46 @@ def _flow_lake() -> Lake:
     show_default=True,
     help="Recovery partitions to create (python -m bytewax.recovery DIR N).",
 )
-def prepare(recovery: Path | None, partitions: int) -> None:
-    """Create the Kafka flow's lake and (--recovery) its recovery store; safe to run again.
+@click.option(
+    "--input-topics",
+    type=click.IntRange(min=1),
+    metavar="PARTITIONS",
+    help="Also create the missing input topics, with this many partitions.",
+)
+def prepare(recovery: Path | None, partitions: int, input_topics: int | None) -> None:
+    """Create the Kafka flow's lake, recovery store and input topics; safe to run again.
 
     Settings come from the environment as for ``python -m bytewax.run
-    flows.city_kafka`` (``CITYVITALS_CONFIG``, ``CITYVITALS__PIPELINE__OUT``).
-    Run once before the processes of a cluster start, so that they find the
-    lake's views in place instead of racing to write them, and so that the
-    recovery store is created exactly once (``bytewax.recovery`` fails on a
-    directory that already has partitions; this keeps them).
+    flows.city_kafka`` (``CITYVITALS_CONFIG``, ``CITYVITALS__...``,
+    ``KAFKA_BOOTSTRAP_SERVERS``). Run it once before the processes of a
+    cluster start: they then find the lake's views in place instead of racing
+    to write them, the recovery store is created exactly once
+    (``bytewax.recovery`` fails on a directory that has partitions; this keeps
+    them), and the input topics the flow needs exist before it subscribes.
     """
-    lake = _flow_lake()
+    config = _flow_config()
+    lake = Lake(config.pipeline.out)
     lake.create()
     click.echo(f"lake ready: {lake.db_path}")
-    if recovery is None:
-        return
-    existing = sorted(recovery.glob("part-*.sqlite3"))
-    if existing:
-        click.echo(f"recovery store kept: {recovery} ({len(existing)} partitions)")
-        return
-    from bytewax.recovery import init_db_dir
+    if recovery is not None:
+        existing = sorted(recovery.glob("part-*.sqlite3"))
+        if existing:
+            click.echo(f"recovery store kept: {recovery} ({len(existing)} partitions)")
+        else:
+            from bytewax.recovery import init_db_dir
 
-    recovery.mkdir(parents=True, exist_ok=True)
-    init_db_dir(recovery, partitions)
-    click.echo(f"recovery store created: {recovery} ({partitions} partitions)")
+            recovery.mkdir(parents=True, exist_ok=True)
+            init_db_dir(recovery, partitions)
+            click.echo(f"recovery store created: {recovery} ({partitions} partitions)")
+    if input_topics is not None:
+        from flows.kafka_io import KafkaIOError, ensure_topics
+
+        topics = list(config.kafka.topics.inputs.values())
+        try:
+            created = ensure_topics(config.kafka, topics, input_topics)
+        except KafkaIOError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"input topics ready: {', '.join(topics)} (created: {len(created)})")
 
 
 @main.command()
@@ -505,7 +521,7 @@ def health(recovery: Path | None, max_age: float) -> None:
     snapshot there every -s seconds even when no events arrive, so a stopped
     or stalled cluster goes stale. Only stat calls: no DuckDB, no Kafka.
     """
-    lake = _flow_lake()
+    lake = Lake(_flow_config().pipeline.out)
     problems = []
     if not lake.db_path.exists():
         problems.append(f"no DuckDB views at {lake.db_path} (the flow has not started)")
