@@ -8,8 +8,9 @@ command parse with the real parsers (Bytewax's ``bytewax.run``, the
 ``cityvitals`` click group) and run in the venv, the compose environment is the
 documented configuration (``load_flow_config``), the flow services form one
 consistent Bytewax cluster, and no secret is written inline. Each checker
-returns a list of problems; the ``*_catches_*`` tests feed it a broken input
-to show it can fail.
+returns a list of problems; the ``*_catches`` tests feed it a broken input to
+show it can fail. One test runs the compose ``prepare`` step against the
+session's real Kafka broker.
 """
 
 from __future__ import annotations
@@ -748,3 +749,28 @@ def test_committed_settings_file_holds_no_secret():
     data = yaml.safe_load((ROOT / "config" / "kafka.compose.yaml").read_text(encoding="utf-8"))
     client = data["kafka"]["client"]
     assert not [k for k in client if SECRET_ARG.search(k) or "sasl" in k], client
+
+
+def test_prepare_creates_the_input_topics_the_flow_reads(kafka_bootstrap, topic_prefix, tmp_path):
+    """The compose `prepare` step on a real broker: the configured input topics, idempotently."""
+    from confluent_kafka.admin import AdminClient
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CITYVITALS", "KAFKA_"))}
+    env.update(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "CITYVITALS__PIPELINE__OUT": str(tmp_path / "lake"),
+            "CITYVITALS__KAFKA__TOPICS__READINGS": topic_prefix + "readings",
+            "CITYVITALS__KAFKA__TOPICS__HEARTBEATS": topic_prefix + "heartbeats",
+            "CITYVITALS__KAFKA__TOPICS__GATES": topic_prefix + "gates",
+            "CITYVITALS__KAFKA__TOPICS__WORKORDERS": topic_prefix + "workorders",
+        }
+    )
+    argv = [str(BIN / "cityvitals"), "prepare", "--input-topics", "3"]
+    for expected in ("created: 4", "created: 0"):
+        out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert expected in out.stdout
+    topics = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(timeout=15).topics
+    for family in ("readings", "heartbeats", "gates", "workorders"):
+        assert len(topics[topic_prefix + family].partitions) == 3
