@@ -774,3 +774,29 @@ def test_prepare_creates_the_input_topics_the_flow_reads(kafka_bootstrap, topic_
     topics = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(timeout=15).topics
     for family in ("readings", "heartbeats", "gates", "workorders"):
         assert len(topics[topic_prefix + family].partitions) == 3
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_no_secret_in_the_output_of_the_container_commands(tmp_path, broken):
+    """prepare and health print paths and counts, and a settings error names the key, not the
+    secret next to it."""
+    secret = "s3cr3t-" + os.urandom(4).hex()
+    settings = tmp_path / "kafka.yaml"
+    settings.write_text(
+        "kafka:\n"
+        "  client:\n"
+        "    security.protocol: SASL_PLAINTEXT\n"
+        "    sasl.mechanism: PLAIN\n"
+        "    sasl.username: cityvitals\n"
+        f"    sasl.password: {secret}\n" + ("  max_poll: 0\n" if broken else ""),
+        encoding="utf-8",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CITYVITALS", "BYTEWAX_"))}
+    env.update({"CITYVITALS_CONFIG": str(settings), "CITYVITALS__PIPELINE__OUT": str(tmp_path)})
+    for args in (["prepare", "--recovery", str(tmp_path / "rec")], ["health"]):
+        out = subprocess.run(
+            [str(BIN / "cityvitals"), *args], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == (2 if broken else 0), out.stderr
+        assert ("max_poll" in out.stderr) == broken
+        assert secret not in out.stdout + out.stderr
