@@ -5,13 +5,15 @@ dataflow; ``cityvitals run`` processes a recorded JSON-lines file;
 ``cityvitals simulate`` writes the scenario; ``cityvitals schemas`` checks or
 regenerates the JSON Schemas; ``cityvitals check`` loads every indicator and
 rule and the department rating, and reports threshold coverage; ``cityvitals catalog`` checks or
-regenerates the catalogue page.
+regenerates the catalogue page. For the Kafka flow in a container: ``cityvitals prepare`` creates
+its lake and recovery store once, ``cityvitals health`` is the image's health check.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -428,6 +430,115 @@ def catalog_cmd(write: bool) -> None:
             f"{CATALOG_PAGE} is out of date; run `cityvitals catalog --write`"
         )
     click.echo(f"{CATALOG_PAGE} matches the catalogue and rules")
+
+
+#: How old the newest recovery snapshot may be before `cityvitals health` fails, in seconds.
+HEALTH_MAX_AGE = 120.0
+
+
+def _flow_config():
+    """The Kafka flow's settings in this environment, read as ``flows.city_kafka`` reads them."""
+    from flows.config import load_flow_config
+
+    return load_flow_config(os.environ)
+
+
+@main.command()
+@click.option(
+    "--recovery",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Bytewax recovery directory to initialise if it holds no partitions yet.",
+)
+@click.option(
+    "--partitions",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Recovery partitions to create (python -m bytewax.recovery DIR N).",
+)
+@click.option(
+    "--input-topics",
+    type=click.IntRange(min=1),
+    metavar="PARTITIONS",
+    help="Also create the missing input topics, with this many partitions.",
+)
+def prepare(recovery: Path | None, partitions: int, input_topics: int | None) -> None:
+    """Create the Kafka flow's lake, recovery store and input topics; safe to run again.
+
+    Settings come from the environment as for ``python -m bytewax.run
+    flows.city_kafka`` (``CITYVITALS_CONFIG``, ``CITYVITALS__...``,
+    ``KAFKA_BOOTSTRAP_SERVERS``). Run it once before the processes of a
+    cluster start: they then find the lake's views in place instead of racing
+    to write them, the recovery store is created exactly once
+    (``bytewax.recovery`` fails on a directory that has partitions; this keeps
+    them), and the input topics the flow needs exist before it subscribes.
+    """
+    config = _flow_config()
+    lake = Lake(config.pipeline.out)
+    lake.create()
+    click.echo(f"lake ready: {lake.db_path}")
+    if recovery is not None:
+        existing = sorted(recovery.glob("part-*.sqlite3"))
+        if existing:
+            click.echo(f"recovery store kept: {recovery} ({len(existing)} partitions)")
+        else:
+            from bytewax.recovery import init_db_dir
+
+            recovery.mkdir(parents=True, exist_ok=True)
+            init_db_dir(recovery, partitions)
+            click.echo(f"recovery store created: {recovery} ({partitions} partitions)")
+    if input_topics is not None:
+        from flows.kafka_io import KafkaIOError, ensure_topics
+
+        topics = list(config.kafka.topics.inputs.values())
+        try:
+            created = ensure_topics(config.kafka, topics, input_topics)
+        except KafkaIOError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"input topics ready: {', '.join(topics)} (created: {len(created)})")
+
+
+@main.command()
+@click.option(
+    "--recovery",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="BYTEWAX_RECOVERY_DIRECTORY",
+    help="The flow's recovery directory (-r); default $BYTEWAX_RECOVERY_DIRECTORY.",
+)
+@click.option(
+    "--max-age",
+    type=click.FloatRange(min=0, min_open=True),
+    default=HEALTH_MAX_AGE,
+    show_default=True,
+    help="Seconds the newest recovery snapshot may be old.",
+)
+def health(recovery: Path | None, max_age: float) -> None:
+    """Exit 0 if the Kafka flow of this environment looks alive (the image's HEALTHCHECK).
+
+    Checks that the lake of the flow's settings has its DuckDB views (the
+    flow got through its start) and, with a recovery directory, that its
+    newest file changed within --max-age seconds: a running flow writes a
+    snapshot there every -s seconds even when no events arrive, so a stopped
+    or stalled cluster goes stale. Only stat calls: no DuckDB, no Kafka.
+    """
+    lake = Lake(_flow_config().pipeline.out)
+    problems = []
+    if not lake.db_path.exists():
+        problems.append(f"no DuckDB views at {lake.db_path} (the flow has not started)")
+    if recovery is not None:
+        files = list(recovery.glob("part-*.sqlite3*"))
+        if not files:
+            problems.append(f"no recovery partitions in {recovery}")
+        else:
+            age = time.time() - max(p.stat().st_mtime for p in files)
+            if age > max_age:
+                problems.append(
+                    f"newest recovery snapshot in {recovery} is {age:.0f} s old "
+                    f"(more than {max_age:g} s)"
+                )
+    if problems:
+        raise click.ClickException("unhealthy: " + "; ".join(problems))
+    click.echo("healthy")
 
 
 def run_cli() -> None:
