@@ -48,3 +48,28 @@ def test_naive_flow_equals_city_flow(tmp_path):
     assert set(expected["indicator_id"]) == {d.id for d in naive.subset(load_catalog())}
     got = got.with_columns(pl.col("window_start").cast(expected.schema["window_start"]))
     assert_frame_equal(got, expected, check_exact=False, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def test_batch_lower_bounds_equal_the_naive_flow(tmp_path):
+    from cityvitals.bench import duckdb_aggregates, make_input, polars_aggregates
+
+    lines = make_input(30_000, 200, seed=3)
+    data = b"\n".join(lines) + b"\n"
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(data)
+    rows: list[dict] = []
+    run_main(
+        naive.build(
+            BatchIteratorSource("x", lambda: iter([lines[:15_000], lines[15_000:]])),
+            TestingSink(rows),
+        )
+    )
+    expected = pl.DataFrame(rows).sort(KEYS)
+    for got in (polars_aggregates(data), pl.from_arrow(duckdb_aggregates(str(path)))):
+        got = got.with_columns(
+            pl.col("window_start")
+            .dt.convert_time_zone("UTC")
+            .cast(expected.schema["window_start"]),
+            pl.col("samples").cast(pl.Int64),
+        ).sort(KEYS)
+        assert_frame_equal(got, expected, check_exact=False, rel_tol=1e-9, abs_tol=1e-9)
