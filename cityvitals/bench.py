@@ -89,6 +89,7 @@ class BenchSettings:
     batch_size: int = 10_000
     rate: float = 100_000.0  # steady input rate for the latency run, events/s
     latency_events: int | None = None  # events of the latency run (default: all)
+    tick: float = 1.0  # seconds between the steady source's batches
     bootstrap: str | None = None
     naive: bool = True
 
@@ -135,7 +136,18 @@ def _read_lines(path: str) -> list[bytes]:
 
 
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    """This process's peak resident memory, MiB.
+
+    ``VmHWM`` of ``/proc/self/status`` where there is one: a spawned child's
+    ``ru_maxrss`` starts from its parent's resident size at the fork before the exec,
+    so it would count the parent's memory; ``VmHWM`` belongs to the child's own address
+    space. Elsewhere ``ru_maxrss`` (KiB on Linux).
+    """
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ------------------------------------------------------------------ engines (child processes)
@@ -298,6 +310,10 @@ def _duckdb_child(path: str) -> dict:
     return {"events": events, "seconds": seconds, "rows": rows, "rss_mb": _rss_mb()}
 
 
+def _write_child(path: str, events: int, devices: int, seed: int) -> int:
+    return write_input(Path(path), events, devices, seed)
+
+
 def _in_child(fn: Callable[..., dict], *args) -> dict:
     """``fn(*args)`` in a fresh spawned process: its own interpreter, its own peak RSS."""
     ctx = multiprocessing.get_context("spawn")
@@ -334,18 +350,17 @@ def host() -> dict:
 def run_bench(settings: BenchSettings, say: Callable[[str], None] = print) -> dict:
     """Run every engine on one input; return the report (see :data:`REQUIRED_KEYS`)."""
     say(f"generating {settings.events:,} events from {settings.devices:,} devices ...")
-    lines = make_input(settings.events, settings.devices, settings.seed)
-    report: dict = {
-        "events": len(lines),
-        "devices": settings.devices,
-        "batch_size": settings.batch_size,
-        "host": host(),
-    }
     with tempfile.TemporaryDirectory(prefix="cityvitals-bench-in-") as tmp:
         path = str(Path(tmp) / "input.jsonl")
-        Path(path).write_bytes(b"\n".join(lines) + b"\n")
-        report["input_mb"] = round(os.path.getsize(path) / 2**20, 1)
-        del lines
+        # In a child, so that this process stays small while the engines run.
+        events = _in_child(_write_child, path, settings.events, settings.devices, settings.seed)
+        report: dict = {
+            "events": events,
+            "devices": settings.devices,
+            "batch_size": settings.batch_size,
+            "input_mb": round(os.path.getsize(path) / 2**20, 1),
+            "host": host(),
+        }
         results: dict[str, dict | None] = {}
         say("flow ...")
         results["flow"] = _in_child(_flow_child, path, settings.batch_size)
@@ -366,7 +381,7 @@ def run_bench(settings: BenchSettings, say: Callable[[str], None] = print) -> di
             rate = math.floor(flow_rate * 0.5 / 1000) * 1000 or 1000.0
         say(f"latency at a steady {rate:,.0f} events/s ...")
         results["latency"] = _in_child(
-            _latency_child, path, rate, settings.latency_events, settings.batch_size
+            _latency_child, path, rate, settings.latency_events, settings.batch_size, settings.tick
         )
     lat = results["latency"]
     report |= {
@@ -381,6 +396,7 @@ def run_bench(settings: BenchSettings, say: Callable[[str], None] = print) -> di
         "latency_rate_events_per_s": rate,
         "latency_requested_rate_events_per_s": settings.rate,
         "latency_samples": lat["samples"],
+        "latency_tick_s": settings.tick,
         "latency_achieved_events_per_s": lat["achieved_events_per_s"],
         "peak_rss_mb": results["flow"]["rss_mb"],
         "flow_vs_naive": None,
@@ -396,7 +412,6 @@ def run_bench(settings: BenchSettings, say: Callable[[str], None] = print) -> di
 
 
 def _kafka(path: str, settings: BenchSettings) -> dict:
-    from cityvitals.publish import publish
     from flows.config import KafkaConfig, KafkaTopics
 
     prefix = f"bench{uuid.uuid4().hex[:8]}."
@@ -406,20 +421,26 @@ def _kafka(path: str, settings: BenchSettings) -> dict:
         topics=KafkaTopics(**{n: prefix + n for n in names}),
         stop_at_end=True,
     )
-    lines = _read_lines(path)
-    stats = publish(_chunks(lines, settings.batch_size)(), kafka)
-    result = _in_child(_kafka_child, kafka.model_dump_json())
-    result["publish_events_per_s"] = stats.events_per_second
+    published = _in_child(_publish_child, path, kafka, settings.batch_size)
+    result = _in_child(_kafka_child, kafka)
+    result["publish_events_per_s"] = published
     return result
 
 
-def _kafka_child(kafka_json: str) -> dict:
+def _publish_child(path: str, kafka, batch_size: int) -> float:
+    from cityvitals.publish import publish
+
+    lines = _read_lines(path)
+    stats = publish(_chunks(lines, batch_size)(), kafka)
+    return stats.events_per_second
+
+
+def _kafka_child(kafka) -> dict:
     from bytewax.testing import run_main
 
     from flows.city_kafka import build_kafka_flow
-    from flows.config import FlowConfig, KafkaConfig, PipelineConfig
+    from flows.config import FlowConfig, PipelineConfig
 
-    kafka = KafkaConfig.model_validate_json(kafka_json)
     with tempfile.TemporaryDirectory(prefix="cityvitals-bench-kafka-") as out:
         config = FlowConfig(pipeline=PipelineConfig(out=Path(out)), kafka=kafka)
         started = time.perf_counter()
@@ -434,15 +455,14 @@ def _kafka_child(kafka_json: str) -> dict:
 
 # ------------------------------------------------------------------ latency at a steady rate
 
-#: Wall-clock spacing of the steady source's batches.
-_TICK_S = 0.1
 
-
-def _latency_child(path: str, rate: float, events: int | None, batch_size: int) -> dict:
+def _latency_child(
+    path: str, rate: float, events: int | None, batch_size: int, tick: float
+) -> dict:
     """The city flow fed at a steady ``rate``; latency of each breach it emits.
 
-    The source releases ``rate × 0.1`` lines every 100 ms of wall time, on a fixed
-    schedule from its first batch: batch ``k`` is *due* at ``t0 + k × 0.1 s``. A batch is
+    The source releases ``rate × tick`` lines every ``tick`` seconds of wall time, on a
+    fixed schedule from its first batch: batch ``k`` is *due* at ``t0 + k × tick``. A batch is
     stamped with its due time (its arrival; if the flow falls behind, the wait until it
     is read counts as latency). A breach's window closes when the partition's
     watermark (latest event time − allowed lateness) reaches its ``event_ts`` (the
@@ -458,7 +478,7 @@ def _latency_child(path: str, rate: float, events: int | None, batch_size: int) 
     from flows.config import PipelineConfig
 
     lines = _read_lines(path)[:events] if events else _read_lines(path)
-    per = max(1, round(rate * _TICK_S))
+    per = max(1, round(rate * tick))
     batches = [lines[i : i + per] for i in range(0, len(lines), per)]
     stamps = [orjson.loads(b).get("ts") for b in lines]
     ts_us = np.array(
@@ -469,7 +489,7 @@ def _latency_child(path: str, rate: float, events: int | None, batch_size: int) 
     due: list[float] = []
     with tempfile.TemporaryDirectory(prefix="cityvitals-bench-lat-") as out:
         config = PipelineConfig(out=Path(out), batch_size=batch_size)
-        source = _SteadySource(batches, due)
+        source = _SteadySource(batches, due, tick)
         started = time.perf_counter()
         run_main(build(source, config))
         seconds = time.perf_counter() - started
@@ -497,9 +517,10 @@ def _latency_child(path: str, rate: float, events: int | None, batch_size: int) 
 
 
 class _SteadyPartition(StatefulSourcePartition[RawBatch, int]):
-    def __init__(self, batches: list[list[bytes]], due: list[float]) -> None:
+    def __init__(self, batches: list[list[bytes]], due: list[float], tick: float) -> None:
         self.batches = batches
         self.due = due
+        self.tick = tick
         self.k = 0
         self.offset = 0
         self.t0: float | None = None
@@ -510,7 +531,7 @@ class _SteadyPartition(StatefulSourcePartition[RawBatch, int]):
         now = time.time()
         if self.t0 is None:
             self.t0 = now
-        at = self.t0 + self.k * _TICK_S
+        at = self.t0 + self.k * self.tick
         if now < at:
             return []
         lines = self.batches[self.k]
@@ -523,7 +544,7 @@ class _SteadyPartition(StatefulSourcePartition[RawBatch, int]):
     def next_awake(self) -> datetime | None:
         if self.t0 is None or self.k >= len(self.batches):
             return None
-        return datetime.fromtimestamp(self.t0 + self.k * _TICK_S, UTC)
+        return datetime.fromtimestamp(self.t0 + self.k * self.tick, UTC)
 
     def snapshot(self) -> int:
         return self.k
@@ -532,15 +553,16 @@ class _SteadyPartition(StatefulSourcePartition[RawBatch, int]):
 class _SteadySource(FixedPartitionedSource[RawBatch, int]):
     """Batches released on a wall-clock schedule; ``due`` gets each batch's due time (epoch s)."""
 
-    def __init__(self, batches: list[list[bytes]], due: list[float]) -> None:
+    def __init__(self, batches: list[list[bytes]], due: list[float], tick: float) -> None:
         self.batches = batches
         self.due = due
+        self.tick = tick
 
     def list_parts(self) -> list[str]:
         return [partition_key("steady", 0)]
 
     def build_part(self, step_id, for_part, resume_state) -> _SteadyPartition:
-        return _SteadyPartition(self.batches, self.due)
+        return _SteadyPartition(self.batches, self.due, self.tick)
 
 
 # ------------------------------------------------------------------ how cost grows

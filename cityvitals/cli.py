@@ -444,6 +444,12 @@ def catalog_cmd(write: bool) -> None:
     help="Steady input rate of the latency run, events/s (halved flow rate if it can't keep up).",
 )
 @click.option(
+    "--tick",
+    default=1.0,
+    show_default=True,
+    help="Seconds between the latency run's input batches (rate × tick lines each).",
+)
+@click.option(
     "--bootstrap",
     envvar="KAFKA_BOOTSTRAP_SERVERS",
     default=None,
@@ -463,6 +469,7 @@ def bench(
     seed: int,
     batch_size: int,
     rate: float,
+    tick: float,
     bootstrap: str | None,
     no_naive: bool,
     sizes: str | None,
@@ -477,6 +484,7 @@ def bench(
         seed=seed,
         batch_size=batch_size,
         rate=rate,
+        tick=tick,
         bootstrap=bootstrap or None,
         naive=not no_naive,
     )
