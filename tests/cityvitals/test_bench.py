@@ -33,3 +33,12 @@ def test_bench_writes_every_required_key(tmp_path):
     assert report["kafka_flow_events_per_s"] is None
     for key in ("p50_latency_ms", "p99_latency_ms"):
         assert report[key] is None or isinstance(report[key], float)
+
+
+def test_sizes_report_time_per_event_and_memory_per_device():
+    from cityvitals.bench import BenchSettings, run_sizes
+
+    rows = run_sizes([2000], [200], BenchSettings(devices=200), say=lambda _: None)
+    assert [(r["events"], r["devices"]) for r in rows] == [(2000, 200), (1200, 200)]
+    for r in rows:
+        assert r["us_per_event"] > 0 and r["peak_rss_mb"] > 0 and r["rss_kb_per_device"] > 0
