@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint format schemas catalog clean venv kafka-up kafka-down
+.PHONY: demo test lint format schemas catalog clean venv kafka-up kafka-down bench
 
 venv: $(STAMP)
 
@@ -50,6 +50,22 @@ kafka-up: $(STAMP)
 
 kafka-down: $(STAMP)
 	$(BIN)/python -m cityvitals.localkafka down
+
+# The benchmark (see BENCHMARKS.md): the flow against the naive baseline, Polars and DuckDB
+# batch, and with Kafka in the loop: $KAFKA_BOOTSTRAP_SERVERS, else a local broker
+# (.kafka-bench/, stopped afterwards). Writes bench.json.
+# BENCH_ARGS adds options, e.g. BENCH_ARGS='--events 1000000 --sizes 100000,1000000:10000,100000'.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	@bootstrap="$$KAFKA_BOOTSTRAP_SERVERS"; started=; \
+	if [ -z "$$bootstrap" ]; then \
+	  bootstrap=$$($(BIN)/python -m cityvitals.localkafka up --dir .kafka-bench) && started=1 \
+	  || { echo "no Kafka broker: the Kafka run is skipped" >&2; bootstrap=; }; \
+	fi; \
+	KAFKA_BOOTSTRAP_SERVERS=$$bootstrap $(BIN)/cityvitals bench --json bench.json $(BENCH_ARGS); \
+	status=$$?; \
+	if [ -n "$$started" ]; then $(BIN)/python -m cityvitals.localkafka down --dir .kafka-bench; fi; \
+	exit $$status
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

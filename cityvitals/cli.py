@@ -541,6 +541,80 @@ def health(recovery: Path | None, max_age: float) -> None:
     click.echo("healthy")
 
 
+@main.command()
+@click.option("--events", default=300_000, show_default=True, help="Events in the input set.")
+@click.option("--devices", default=500, show_default=True, help="Devices in the simulated city.")
+@click.option("--seed", default=7, show_default=True, help="Random seed of the input.")
+@click.option(
+    "--batch-size", default=10_000, show_default=True, help="Lines per batch fed to the flows."
+)
+@click.option(
+    "--rate",
+    default=100_000.0,
+    show_default=True,
+    help="Steady input rate of the latency run, events/s (halved flow rate if it can't keep up).",
+)
+@click.option(
+    "--tick",
+    default=1.0,
+    show_default=True,
+    help="Seconds between the latency run's input batches (rate × tick lines each).",
+)
+@click.option(
+    "--bootstrap",
+    envvar="KAFKA_BOOTSTRAP_SERVERS",
+    default=None,
+    help="Kafka bootstrap servers for the Kafka run ($KAFKA_BOOTSTRAP_SERVERS; unset: skipped).",
+)
+@click.option("--no-naive", is_flag=True, help="Skip the naive baseline (slow at large sizes).")
+@click.option(
+    "--sizes",
+    default=None,
+    help="Also run the flow at these event counts and device counts, e.g. "
+    "'100000,1000000,10000000:10000,100000,700000'.",
+)
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report here.")
+def bench(
+    events: int,
+    devices: int,
+    seed: int,
+    batch_size: int,
+    rate: float,
+    tick: float,
+    bootstrap: str | None,
+    no_naive: bool,
+    sizes: str | None,
+    json_path: Path | None,
+) -> None:
+    """Benchmark the flow against a naive baseline, Polars and DuckDB batch, and Kafka."""
+    from cityvitals.bench import BenchSettings, print_report, run_bench, run_sizes
+
+    settings = BenchSettings(
+        events=events,
+        devices=devices,
+        seed=seed,
+        batch_size=batch_size,
+        rate=rate,
+        tick=tick,
+        bootstrap=bootstrap or None,
+        naive=not no_naive,
+    )
+    say = lambda m: click.echo(m, err=True)  # noqa: E731
+    report = run_bench(settings, say=say)
+    if sizes:
+        try:
+            ev_part, dev_part = sizes.split(":")
+            ev_sizes = [int(x) for x in ev_part.split(",") if x]
+            dev_sizes = [int(x) for x in dev_part.split(",") if x]
+        except ValueError as exc:
+            raise click.BadParameter(f"expected 'E1,E2,E3:D1,D2,D3', got {sizes!r}") from exc
+        report["sizes"] = run_sizes(ev_sizes, dev_sizes, settings, say=say)
+    print_report(report, click.echo)
+    if json_path is not None:
+        json_path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+        click.echo(f"wrote {json_path}")
+
+
 def run_cli() -> None:
     """Entry point: configuration errors end the start with their message."""
     try:

@@ -1,0 +1,44 @@
+"""``cityvitals bench`` runs end to end on a small input and writes every required key."""
+
+from __future__ import annotations
+
+import orjson
+from click.testing import CliRunner
+
+from cityvitals.bench import REQUIRED_KEYS
+from cityvitals.cli import main
+
+
+def test_bench_writes_every_required_key(tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner(env={"KAFKA_BOOTSTRAP_SERVERS": ""}).invoke(
+        main,
+        ["bench", "--events", "5000", "--devices", "200", "--json", str(out)],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert "flow / naive" in result.output
+    report = orjson.loads(out.read_bytes())
+    for key in REQUIRED_KEYS:
+        assert key in report, key
+    assert report["events"] == 5000
+    for key in (
+        "flow_events_per_s",
+        "naive_events_per_s",
+        "polars_batch_events_per_s",
+        "duckdb_batch_events_per_s",
+        "peak_rss_mb",
+    ):
+        assert isinstance(report[key], float) and report[key] > 0, key
+    assert report["kafka_flow_events_per_s"] is None
+    for key in ("p50_latency_ms", "p99_latency_ms"):
+        assert report[key] is None or isinstance(report[key], float)
+
+
+def test_sizes_report_time_per_event_and_memory_per_device():
+    from cityvitals.bench import BenchSettings, run_sizes
+
+    rows = run_sizes([2000], [200], BenchSettings(devices=200), say=lambda _: None)
+    assert [(r["events"], r["devices"]) for r in rows] == [(2000, 200), (1200, 200)]
+    for r in rows:
+        assert r["us_per_event"] > 0 and r["peak_rss_mb"] > 0 and r["rss_kb_per_device"] > 0
