@@ -24,7 +24,7 @@ file into memory (untimed); the timed part starts from the bytes in memory:
     the city flow fed at a steady rate (see :func:`_latency_child`).
 
 The naive, Polars and DuckDB engines compute the same subset (:func:`flows.naive.subset`);
-the city flow computes all 59 indicators and more, so its ratios are conservative.
+the city flow computes the whole catalogue and more, so its ratios are conservative.
 """
 
 from __future__ import annotations
@@ -658,7 +658,7 @@ def print_report(report: dict, echo: Callable[[str], None] = print) -> None:
     )
     echo(f"{'engine':<34}{'events/s':>12}{'seconds':>10}{'peak RSS MB':>13}")
     names = {
-        "flow": "city flow (all 59 indicators)",
+        "flow": "city flow (whole catalogue)",
         "flow_subset": "city flow cut to the subset",
         "naive": "naive per-event Bytewax (subset)",
         "polars": "Polars batch (subset)",

@@ -44,7 +44,8 @@ from dataclasses import dataclass
 import polars as pl
 
 from indicators.definitions import WorkOrders
-from schemas.families import ORDER_DEADLINES, WORKORDER_STATUSES, polars_schema
+from indicators.lifecycle import in_life_order
+from schemas.families import ORDER_DEADLINES, polars_schema
 
 __all__ = ["CHANGES", "RECORDS_SCHEMA", "DeadlineBook", "changes"]
 
@@ -52,8 +53,6 @@ __all__ = ["CHANGES", "RECORDS_SCHEMA", "DeadlineBook", "changes"]
 RECORDS_SCHEMA = polars_schema(ORDER_DEADLINES, drop=("emitted_at",))
 #: The columns of the status changes the book takes.
 CHANGES = ("order_id", "status", "event_class", "department", "grid_id", "district_id", "t")
-#: Changes at the same instant apply in life-cycle order.
-_RANK = {status: i for i, status in enumerate(WORKORDER_STATUSES)}
 
 
 def changes(frame: pl.DataFrame) -> pl.DataFrame:
@@ -98,10 +97,7 @@ class DeadlineBook:
         out: list[tuple] = []
         if not batch.height:
             return _records(out)
-        ordered = batch.with_columns(
-            _rank=pl.col("status").replace_strict(_RANK, return_dtype=pl.Int8)
-        ).sort("t", "_rank", "order_id")
-        for order_id, status, *about, t in ordered.select(CHANGES).iter_rows():
+        for order_id, status, *about, t in in_life_order(batch).select(CHANGES).iter_rows():
             self._apply(order_id, status, tuple(about), t, out)
         return _records(out)
 

@@ -79,11 +79,18 @@ from indicators.definitions import IndicatorDef, WorkOrders
 from indicators.population import Population
 from schemas.families import WORKORDER_STATUSES
 
-__all__ = ["OrderLifecycle"]
+__all__ = ["OrderLifecycle", "in_life_order"]
 
 _MINUTE_US = 60_000_000
 #: Changes at the same instant apply in life-cycle order.
 _RANK = {status: i for i, status in enumerate(WORKORDER_STATUSES)}
+
+
+def in_life_order(changes: pl.DataFrame) -> pl.DataFrame:
+    """Status changes sorted by event time ``t``, those at one instant in life-cycle order."""
+    rank = pl.col("status").replace_strict(_RANK, return_dtype=pl.Int8)
+    return changes.sort(pl.col("t"), rank, maintain_order=True)
+
 
 _SUMMARY = {
     "dispatch_delay_p50": pl.col("x").quantile(0.5, "linear"),
@@ -126,9 +133,7 @@ class OrderLifecycle(Population):
         touched: dict[str, set[str]] = {}  # entity -> orders with a change in the window
         measured: list[tuple[str, float]] = []
         if rows is not None and rows.height:
-            ordered = rows.with_columns(
-                _rank=pl.col("status").replace_strict(_RANK, return_dtype=pl.Int8)
-            ).sort("t", "_rank", maintain_order=True)
+            ordered = in_life_order(rows)
             cols = ("entity_id", "order_id", "status", "event_class", "t")
             for entity, order_id, status, cls, t in ordered.select(cols).iter_rows():
                 self._entities.add(entity)

@@ -47,7 +47,7 @@ import polars as pl
 from indicators.definitions import Devices
 from schemas.families import DEVICE_STATUS, DEVICE_TYPES, polars_schema
 
-__all__ = ["RECORDS_SCHEMA", "Liveness", "heard"]
+__all__ = ["RECORDS_SCHEMA", "Liveness", "allowance_us", "heard"]
 
 #: What :class:`Liveness` returns: device status records without ``emitted_at``.
 RECORDS_SCHEMA = polars_schema(DEVICE_STATUS, drop=("emitted_at",))
@@ -63,7 +63,8 @@ _HEARD = {
 _TYPE_CODE = {t: i for i, t in enumerate(DEVICE_TYPES)}
 
 
-def _allowance(devices: Devices) -> pl.Expr:
+def allowance_us(devices: Devices) -> pl.Expr:
+    """Each row's silence allowance in µs, from its ``device_type`` column."""
     return pl.col("device_type").replace_strict(devices.allowance_us, return_dtype=pl.Int64)
 
 
@@ -89,7 +90,7 @@ def heard(frame: pl.DataFrame, devices: Devices) -> pl.DataFrame:
     rows = frame.select("device_id", "device_type", "grid_id", "district_id", t.alias("t")).sort(
         "device_id", "t"
     )
-    gap = (pl.col("t") - pl.col("t").shift(1).over("device_id")) > _allowance(devices)
+    gap = (pl.col("t") - pl.col("t").shift(1).over("device_id")) > allowance_us(devices)
     return (
         rows.with_columns(_run=gap.fill_null(False).cum_sum().over("device_id"))
         .group_by("device_id", "_run", maintain_order=True)

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 import polars as pl
 
 from indicators.definitions import Devices, IndicatorDef
+from indicators.liveness import allowance_us
 
 __all__ = ["RAW_SCHEMA", "OnlineRate", "Population"]
 
@@ -96,9 +97,7 @@ class OnlineRate(Population):
                 "entity_id",
                 "device",
                 pl.col("t").alias("last"),
-                pl.col("device_type")
-                .replace_strict(self.devices.allowance_us, return_dtype=pl.Int64)
-                .alias("allow"),
+                allowance_us(self.devices).alias("allow"),
             )
             known = (
                 pl.concat([known, heard])
