@@ -55,6 +55,7 @@ PARTITION_COLUMN = {
     "breaches": "event_ts",
     "device_status": "event_ts",
     "order_deadlines": "event_ts",
+    "risk_levels": "event_ts",
     "dead_letters": "received_at",
     "ingest_batches": "processed_at",
 }

@@ -35,6 +35,8 @@ __all__ = [
     "ORDER_DEADLINES",
     "ORDER_DEADLINE_STATES",
     "OUTPUT_TABLES",
+    "RISK_CATEGORIES",
+    "RISK_LEVELS",
     "SCHEMA_VERSION",
     "SEVERITIES",
     "TIMESTAMP",
@@ -43,7 +45,7 @@ __all__ = [
 ]
 
 #: Bumped on any change to a schema that consumers can see.
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 
 #: The one timestamp type of the project: microseconds, timezone-aware UTC.
 TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -330,11 +332,60 @@ ORDER_DEADLINES = pa.schema(
     metadata={"doc": "A work order missing its 1510 dispatch deadline, and what became of it."},
 )
 
+#: Kinds of risk point (the articles' infrastructure risk list).
+RISK_CATEGORIES: tuple[str, ...] = (
+    "road_section",
+    "slope",
+    "high_rise",
+    "pipeline",
+    "bridge",
+    "underpass",
+    "construction_site",
+    "riverbank",
+)
+
+_FACTOR = pa.struct(
+    [
+        pa.field("factor", pa.string(), nullable=False),
+        pa.field("value", pa.float64(), nullable=True),
+        pa.field("contribution", pa.float64(), nullable=False),
+    ]
+)
+
+RISK_LEVELS = pa.schema(
+    [
+        _f("risk_point_id", pa.string(), "Stable id of the risk point (from the risk-point file)."),
+        _f("category", pa.string(), "What kind of place it is.", enum=RISK_CATEGORIES),
+        _GRID,
+        _DISTRICT,
+        _f("model", pa.string(), "The grading model that changed the level."),
+        _f("from_level", pa.string(), "Risk level before the change.", enum=SEVERITIES),
+        _f("to_level", pa.string(), "Risk level after the change.", enum=SEVERITIES),
+        _f(
+            "change",
+            pa.string(),
+            "upgraded: to a graver level; downgraded: to a milder one.",
+            enum=("upgraded", "downgraded"),
+        ),
+        _f("score", pa.float64(), "Composite risk score in [0, 1] that caused the change."),
+        _f("event_ts", TIMESTAMP, "End of the window that caused the change (event time)."),
+        _f("emitted_at", TIMESTAMP, "Wall-clock time the record was produced."),
+        _f(
+            "factors",
+            pa.list_(_FACTOR),
+            "The factors that contributed most, largest first: factor name, its value"
+            " (null for a static base factor without one) and its share of the score.",
+        ),
+    ],
+    metadata={"doc": "A risk point's level graded up or down by its model."},
+)
+
 OUTPUT_TABLES: dict[str, pa.Schema] = {
     "indicator_values": INDICATOR_VALUES,
     "breaches": BREACHES,
     "device_status": DEVICE_STATUS,
     "order_deadlines": ORDER_DEADLINES,
+    "risk_levels": RISK_LEVELS,
     "dead_letters": DEAD_LETTERS,
     "ingest_batches": INGEST_BATCHES,
 }

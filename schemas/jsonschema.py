@@ -42,6 +42,13 @@ def _type(t: pa.DataType) -> dict:
         return {"type": "array", "items": _type(t.value_type)}
     if pa.types.is_string(t):
         return {"type": "string"}
+    if pa.types.is_struct(t):
+        fields = [t.field(i) for i in range(t.num_fields)]
+        return {
+            "type": "object",
+            "properties": {f.name: _property(f) for f in fields},
+            "required": [f.name for f in fields if not f.nullable],
+        }
     raise TypeError(f"no JSON Schema mapping for Arrow type {t}")
 
 
