@@ -18,7 +18,7 @@ a repeat from a new message:
 >>> m.value
 b'{"alert_id":"a1","sequence":0,"severity":"red","event_ts":"2026-05-12T06:05:00Z"}'
 >>> dict(m.headers)["severity"], dict(m.headers)["schema-version"]
-(b'red', b'2')
+(b'red', b'3')
 """
 
 from __future__ import annotations
