@@ -9,7 +9,8 @@ Layout under the output directory::
 Besides one view per table, the DuckDB file holds ``department_rating``, the
 five-colour rating of departments over ``indicator_values``
 (:mod:`thresholds.rating`, configured by ``thresholds/rating.yaml`` unless
-the lake is given another rating).
+the lake is given another rating), and the analysts' views and macros of
+:mod:`cityvitals.views` (``latest_values``, ``open_alerts``, ``alert_life`` ...).
 
 Why views and not tables: the pipeline owns the Parquet files and never holds
 the DuckDB file open. It writes the views once, in a short transaction at
@@ -28,6 +29,8 @@ half a file.
 (0,)
 >>> con.execute("select count(*) from department_rating").fetchone()
 (0,)
+>>> con.execute("select count(*) from open_alerts").fetchone()
+(0,)
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from cityvitals import views
 from indicators.definitions import load_catalog
 from schemas.families import OUTPUT_TABLES
 from thresholds.rating import DEFAULT_RATING, RATING_VIEW, Rating, load_rating, rating_sql
@@ -124,7 +128,7 @@ class Lake:
         a new one gets the new file, and nobody ever sees the write lock.
         """
         rating = rating_sql(self.rating)
-        stamp = _stamp(rating)
+        stamp = _stamp(rating + views.sql())
         if self._views_current(stamp):
             return
         # One temporary file per process: the processes of a cluster all start at once.
@@ -139,6 +143,7 @@ class Lake:
                 )
             con.execute(f"CREATE VIEW {RATING_VIEW} AS {rating}")
             con.execute(f"COMMENT ON VIEW {RATING_VIEW} IS '{stamp}'")
+            views.install(con)
             con.execute("CHECKPOINT")
         finally:
             con.close()
@@ -214,7 +219,8 @@ class Lake:
 
 
 def _stamp(sql: str) -> str:
-    """What the rating view's comment says: a hash of the SQL it was written from."""
+    """What the rating view's comment says: a hash of the SQL of the rating and the
+    analysts' views, so a change to either rewrites the file."""
     return "cityvitals rating sha256:" + hashlib.sha256(sql.encode("utf-8")).hexdigest()
 
 
