@@ -652,6 +652,18 @@ def _bench_views(rows: int, json_path: Path | None) -> dict:
     return report
 
 
+@main.command()
+@click.option("--lake", default="data", show_default=True, type=click.Path(path_type=Path))
+@click.option("--out", default="report", show_default=True, type=click.Path(path_type=Path))
+def report(lake: Path, out: Path) -> None:
+    """The city overview as PNG plots and a Markdown summary (from the lake's views)."""
+    from cityvitals.report import write_report
+
+    if not Lake(lake).db_path.exists():
+        raise click.ClickException(f"no lake in {lake}: {Lake(lake).db_path} does not exist")
+    click.echo(f"wrote {write_report(Lake(lake), out)}")
+
+
 def run_cli() -> None:
     """Entry point: configuration errors end the start with their message."""
     try:

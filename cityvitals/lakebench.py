@@ -41,6 +41,7 @@ QUERIES: dict[str, str] = {
     "latest_values": "SELECT * FROM latest_values",
     "sector_now": "SELECT * FROM sector_now",
     "sector_timeline": "SELECT * FROM sector_timeline",
+    "alerts": "SELECT * FROM alerts",
     "open_alerts": "SELECT * FROM open_alerts",
     "alert_life": "SELECT * FROM alert_life('{alert}')",
     "breaches_per_sector_day": "SELECT * FROM breaches_per_sector_day",

@@ -53,8 +53,8 @@ SELECT
 FROM indicator_values
 GROUP BY ALL
 ;
--- Alerts whose latest record is not 'cleared', with their severity now and their peak.
-CREATE VIEW open_alerts AS
+-- Every alert, one row: where, its severity now and at its peak, its last state.
+CREATE VIEW alerts AS
 SELECT
     alert_id,
     any_value(rule_id) AS rule_id,
@@ -72,7 +72,10 @@ SELECT
     count(*) AS changes
 FROM breaches
 GROUP BY alert_id
-HAVING arg_max(state, sequence) <> 'cleared'
+;
+-- Alerts whose latest record is not 'cleared'.
+CREATE VIEW open_alerts AS
+SELECT * FROM alerts WHERE last_state <> 'cleared'
 ;
 -- One alert's life, change by change, with the time from its first window in breach and from
 -- the change before: SELECT * FROM alert_life('<alert_id>').
@@ -99,23 +102,14 @@ ORDER BY sequence
 ;
 -- Alerts per sector and UTC day (the day their first window in breach began), by peak severity.
 CREATE VIEW breaches_per_sector_day AS
-WITH alerts AS (
-    SELECT
-        alert_id,
-        any_value(sector) AS sector,
-        min(first_ts) AS first_ts,
-        max(severity_rank(severity)) AS peak
-    FROM breaches
-    GROUP BY alert_id
-)
 SELECT
     utc_day(first_ts) AS day,
     sector,
     count(*) AS alerts,
-    count(*) FILTER (peak = severity_rank('red')) AS red,
-    count(*) FILTER (peak = severity_rank('orange')) AS orange,
-    count(*) FILTER (peak = severity_rank('yellow')) AS yellow,
-    count(*) FILTER (peak = severity_rank('blue')) AS blue
+    count(*) FILTER (peak_severity = 'red') AS red,
+    count(*) FILTER (peak_severity = 'orange') AS orange,
+    count(*) FILTER (peak_severity = 'yellow') AS yellow,
+    count(*) FILTER (peak_severity = 'blue') AS blue
 FROM alerts
 GROUP BY ALL
 ;
