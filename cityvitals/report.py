@@ -110,7 +110,9 @@ def _table(df: pl.DataFrame, columns: list[str]) -> str:
         return "_none_\n"
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in df.select(columns).iter_rows():
-        lines.append("| " + " | ".join(_cell(c, v) for c, v in zip(columns, row)) + " |")
+        lines.append(
+            "| " + " | ".join(_cell(c, v) for c, v in zip(columns, row, strict=True)) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -204,6 +206,6 @@ def _plot_breaches(df: pl.DataFrame, path: Path) -> None:
     for level in ("red", "orange", "yellow", "blue"):
         counts = by_sector[level].to_list()
         ax.barh(by_sector["sector"].to_list(), counts, left=left, color=SEVERITY_COLOURS[level])
-        left = [a + b for a, b in zip(left, counts)]
+        left = [a + b for a, b in zip(left, counts, strict=True)]
     ax.set(title="Alerts per sector by peak severity", xlabel="alerts")
     _save(fig, path)

@@ -77,8 +77,8 @@ GROUP BY alert_id
 CREATE VIEW open_alerts AS
 SELECT * FROM alerts WHERE last_state <> 'cleared'
 ;
--- One alert's life, change by change, with the time from its first window in breach and from
--- the change before: SELECT * FROM alert_life('<alert_id>').
+-- One alert's life, change by change, with the seconds from the start of its first window in
+-- breach and from the change before: SELECT * FROM alert_life('<alert_id>').
 CREATE MACRO alert_life(aid) AS TABLE
 SELECT
     sequence,
@@ -86,8 +86,8 @@ SELECT
     previous_severity,
     severity,
     event_ts,
-    event_ts - first_ts AS since_first,
-    event_ts - lag(event_ts) OVER (ORDER BY sequence) AS since_previous,
+    epoch(event_ts) - epoch(first_ts) AS since_first_s,
+    epoch(event_ts) - epoch(lag(event_ts) OVER (ORDER BY sequence)) AS since_previous_s,
     value,
     bound,
     peak_value,
@@ -181,7 +181,7 @@ SELECT
 FROM rates AS r
 FULL OUTER JOIN overdue AS o USING (department, event_class, day)
 ;
--- One risk point's level changes in time order, with how long each level held (null for the
+-- One risk point's level changes in time order, with the seconds each level held (null for the
 -- level in force now): SELECT * FROM risk_level_history('<risk_point_id>').
 CREATE MACRO risk_level_history(point) AS TABLE
 SELECT
@@ -190,7 +190,7 @@ SELECT
     to_level,
     change,
     score,
-    lead(event_ts) OVER (ORDER BY event_ts, emitted_at) - event_ts AS held_for,
+    epoch(lead(event_ts) OVER (ORDER BY event_ts, emitted_at)) - epoch(event_ts) AS held_for_s,
     factors,
     model,
     category,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
@@ -67,7 +68,7 @@ def test_alert_life_of_the_balcony_fire(small_run):
     )[0]
     life = _rows(
         con,
-        "SELECT sequence, state, event_ts, since_first, since_previous, first_ts "
+        "SELECT sequence, state, event_ts, since_first_s, since_previous_s, first_ts "
         "FROM alert_life(?)",
         alert_id,
     )
@@ -79,8 +80,9 @@ def test_alert_life_of_the_balcony_fire(small_run):
     assert [r[:3] for r in life] == raw
     assert life[0][1] == "opened" and life[-1][1] == "cleared"
     assert life[0][4] is None
-    for prev, row in zip(life, life[1:]):
-        assert row[3] == row[2] - row[5] and row[4] == row[2] - prev[2]
+    for prev, row in itertools.pairwise(life):
+        assert row[3] == (row[2] - row[5]).total_seconds()
+        assert row[4] == (row[2] - prev[2]).total_seconds()
 
 
 def test_breaches_per_sector_day_counts_every_alert_once(small_run):
@@ -174,10 +176,10 @@ def test_risk_level_history_in_time_order_with_how_long_each_level_held(tmp_path
     lake.write("risk_levels", pa.Table.from_pylist(rows, schema=RISK_LEVELS), "w", 0)
     history = _rows(
         lake.connect(),
-        "SELECT from_level, to_level, held_for, risk_point_id FROM risk_level_history('rp-1')",
+        "SELECT from_level, to_level, held_for_s, risk_point_id FROM risk_level_history('rp-1')",
     )
     assert history == [
-        ("normal", "yellow", timedelta(minutes=20), "rp-1"),
-        ("yellow", "red", timedelta(minutes=25), "rp-1"),
+        ("normal", "yellow", 1200.0, "rp-1"),
+        ("yellow", "red", 1500.0, "rp-1"),
         ("red", "yellow", None, "rp-1"),
     ]
