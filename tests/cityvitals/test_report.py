@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from cityvitals.cli import main
 from cityvitals.report import PLOTS
+from tests.conftest import alert_counts
 
 
 def test_report_on_the_small_lake(small_run, tmp_path):
@@ -24,10 +25,7 @@ def test_report_on_the_small_lake(small_run, tmp_path):
         assert f"]({name})" in summary
 
     con = lake.connect()
-    alerts, still_open = con.execute(
-        "WITH last AS (SELECT alert_id, max_by(state, sequence) AS state FROM breaches "
-        "GROUP BY alert_id) SELECT count(*), count(*) FILTER (state <> 'cleared') FROM last"
-    ).fetchall()[0]
+    alerts, still_open = alert_counts(lake)
     assert f"## Alerts: {alerts}\n" in summary
     assert f"## Open alerts: {still_open}\n" in summary
     dispatched, on_time = con.execute(

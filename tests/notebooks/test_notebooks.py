@@ -17,6 +17,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from tests.conftest import alert_counts
+
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 KERNEL = "cityvitals-tests"
 
@@ -59,14 +61,13 @@ def test_there_are_at_least_three_notebooks():
 def test_city_overview(small_run, kernel, monkeypatch):
     _, lake = small_run
     printed = run("01_city_overview.ipynb", lake.root, kernel, monkeypatch)
-    con = lake.connect()
-    alerts, still_open = con.execute(
-        "WITH last AS (SELECT alert_id, max_by(state, sequence) AS state FROM breaches "
-        "GROUP BY alert_id) SELECT count(*), count(*) FILTER (state <> 'cleared') FROM last"
-    ).fetchall()[0]
+    alerts, still_open = alert_counts(lake)
     assert f"open alerts: {still_open}\n" in printed
     assert f"alerts: {alerts}\n" in printed
-    assert "lowest online rate: camera in D01-G07 at " in printed
+    (lowest,) = lake.connect().execute(
+        "SELECT min(value) FROM indicator_values WHERE indicator_id = 'device.online_rate'"
+    ).fetchall()[0]
+    assert f"lowest online rate: camera in D01-G07 at {lowest:.1%}\n" in printed
 
 
 def test_incident_review_of_the_balcony_fire(small_run, kernel, monkeypatch):
