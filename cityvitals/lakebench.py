@@ -4,7 +4,8 @@
 own writer): ``N`` indicator values of the catalogue's indicators, as
 ``max(1, N // 2000)`` series (indicator and entity) of consecutive
 five-minute windows, in files of 100,000 rows in time order as a flow's
-flushes would leave them, plus a few thousand breaches, device and order
+flushes would leave them (the writer sorts each file by indicator, entity and
+window, see ``Lake.write``), plus a few thousand breaches, device and order
 records and risk-level changes so that every view has something to read.
 :func:`time_views` opens the DuckDB file read-only, as an analyst does, and
 times one query per view and macro.
