@@ -573,6 +573,12 @@ def health(recovery: Path | None, max_age: float) -> None:
     help="Also run the flow at these event counts and device counts, e.g. "
     "'100000,1000000,10000000:10000,100000,700000'.",
 )
+@click.option(
+    "--lake-rows",
+    default=0,
+    help="Also time the analysts' views on a synthetic lake of this many indicator rows.",
+)
+@click.option("--views-only", is_flag=True, help="Only the views part (with --lake-rows).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report here.")
 def bench(
     events: int,
@@ -584,10 +590,18 @@ def bench(
     bootstrap: str | None,
     no_naive: bool,
     sizes: str | None,
+    lake_rows: int,
+    views_only: bool,
     json_path: Path | None,
 ) -> None:
     """Benchmark the flow against a naive baseline, Polars and DuckDB batch, and Kafka."""
     from cityvitals.bench import BenchSettings, print_report, run_bench, run_sizes
+
+    if views_only:
+        if lake_rows <= 0:
+            raise click.BadParameter("--views-only needs --lake-rows N", param_hint="--views-only")
+        _bench_views(lake_rows, json_path)
+        return
 
     settings = BenchSettings(
         events=events,
@@ -610,9 +624,44 @@ def bench(
             raise click.BadParameter(f"expected 'E1,E2,E3:D1,D2,D3', got {sizes!r}") from exc
         report["sizes"] = run_sizes(ev_sizes, dev_sizes, settings, say=say)
     print_report(report, click.echo)
+    if lake_rows > 0:
+        report["views"] = _bench_views(lake_rows, None)
     if json_path is not None:
         json_path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
         click.echo(f"wrote {json_path}")
+
+
+def _bench_views(rows: int, json_path: Path | None) -> dict:
+    """The views part of the benchmark: a synthetic lake of ``rows`` indicator rows, timed."""
+    import tempfile
+
+    from cityvitals.lakebench import synthetic_lake, time_views
+
+    with tempfile.TemporaryDirectory(prefix="cityvitals-views-") as tmp:
+        t0 = time.perf_counter()
+        lake = synthetic_lake(tmp, rows)
+        click.echo(f"synthetic lake of {rows:,} indicator rows in {time.perf_counter() - t0:.1f} s")
+        timings = time_views(lake)
+    click.echo(f"{'view or macro':<26}{'first s':>10}{'best of 3 s':>13}{'rows':>10}")
+    for name, t in timings.items():
+        click.echo(f"{name:<26}{t['first_s']:>10.3f}{t['best_s']:>13.3f}{t['rows']:>10,}")
+    report = {"lake_rows": rows, "timings": timings}
+    if json_path is not None:
+        json_path.write_bytes(orjson.dumps({"views": report}, option=orjson.OPT_INDENT_2) + b"\n")
+        click.echo(f"wrote {json_path}")
+    return report
+
+
+@main.command()
+@click.option("--lake", default="data", show_default=True, type=click.Path(path_type=Path))
+@click.option("--out", default="report", show_default=True, type=click.Path(path_type=Path))
+def report(lake: Path, out: Path) -> None:
+    """The city overview as PNG plots and a Markdown summary (from the lake's views)."""
+    from cityvitals.report import write_report
+
+    if not Lake(lake).db_path.exists():
+        raise click.ClickException(f"no lake in {lake}: {Lake(lake).db_path} does not exist")
+    click.echo(f"wrote {write_report(Lake(lake), out)}")
 
 
 def run_cli() -> None:

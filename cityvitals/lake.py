@@ -9,7 +9,8 @@ Layout under the output directory::
 Besides one view per table, the DuckDB file holds ``department_rating``, the
 five-colour rating of departments over ``indicator_values``
 (:mod:`thresholds.rating`, configured by ``thresholds/rating.yaml`` unless
-the lake is given another rating).
+the lake is given another rating), and the analysts' views and macros of
+:mod:`cityvitals.views` (``latest_values``, ``open_alerts``, ``alert_life`` ...).
 
 Why views and not tables: the pipeline owns the Parquet files and never holds
 the DuckDB file open. It writes the views once, in a short transaction at
@@ -28,6 +29,8 @@ half a file.
 (0,)
 >>> con.execute("select count(*) from department_rating").fetchone()
 (0,)
+>>> con.execute("select count(*) from open_alerts").fetchone()
+(0,)
 """
 
 from __future__ import annotations
@@ -43,11 +46,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from cityvitals import views
 from indicators.definitions import load_catalog
 from schemas.families import OUTPUT_TABLES
 from thresholds.rating import DEFAULT_RATING, RATING_VIEW, Rating, load_rating, rating_sql
 
-__all__ = ["PARTITION_COLUMN", "Lake", "LakeError"]
+__all__ = ["CLUSTER_BY", "PARTITION_COLUMN", "ROW_GROUP_ROWS", "Lake", "LakeError"]
 
 #: The column each table is partitioned by date on.
 PARTITION_COLUMN = {
@@ -61,6 +65,12 @@ PARTITION_COLUMN = {
 }
 
 DB_NAME = "cityvitals.duckdb"
+
+#: The order of the rows within each file of a table, and the rows per Parquet row group: a
+#: query filtering on the leading column (``indicator_id = 'device.online_rate'``) reads only
+#: the row groups whose min/max statistics can hold it (see BENCHMARKS.md, the views at 10M rows).
+CLUSTER_BY = {"indicator_values": ("indicator_id", "entity_id", "window_start")}
+ROW_GROUP_ROWS = 10_000
 
 
 class LakeError(RuntimeError):
@@ -124,7 +134,7 @@ class Lake:
         a new one gets the new file, and nobody ever sees the write lock.
         """
         rating = rating_sql(self.rating)
-        stamp = _stamp(rating)
+        stamp = _stamp(rating + views.sql())
         if self._views_current(stamp):
             return
         # One temporary file per process: the processes of a cluster all start at once.
@@ -139,6 +149,7 @@ class Lake:
                 )
             con.execute(f"CREATE VIEW {RATING_VIEW} AS {rating}")
             con.execute(f"COMMENT ON VIEW {RATING_VIEW} IS '{stamp}'")
+            views.install(con)
             con.execute("CHECKPOINT")
         finally:
             con.close()
@@ -185,6 +196,8 @@ class Lake:
             return []
         schema = OUTPUT_TABLES[table]
         data = data.select(schema.names).cast(schema)
+        if table in CLUSTER_BY:
+            data = data.sort_by([(c, "ascending") for c in CLUSTER_BY[table]])
         days = pc.cast(pc.cast(data[PARTITION_COLUMN[table]], pa.timestamp("us")), pa.date32())
         paths = []
         for n, day in enumerate(sorted(pc.unique(days).to_pylist()), start=seq):
@@ -214,12 +227,13 @@ class Lake:
 
 
 def _stamp(sql: str) -> str:
-    """What the rating view's comment says: a hash of the SQL it was written from."""
+    """What the rating view's comment says: a hash of the SQL of the rating and the
+    analysts' views, so a change to either rewrites the file."""
     return "cityvitals rating sha256:" + hashlib.sha256(sql.encode("utf-8")).hexdigest()
 
 
 def _atomic_write(table: pa.Table, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
+    pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
     os.replace(tmp, path)

@@ -36,6 +36,18 @@ def small_run(tmp_path_factory) -> tuple[Scenario, Lake]:
     return SMALL, Lake(out)
 
 
+def alert_counts(lake: Lake) -> tuple[int, int]:
+    """(alerts, alerts still open) of a lake, from the breaches table itself (not the views)."""
+    return (
+        lake.connect()
+        .execute(
+            "WITH last AS (SELECT alert_id, max_by(state, sequence) AS state FROM breaches "
+            "GROUP BY alert_id) SELECT count(*), count(*) FILTER (state <> 'cleared') FROM last"
+        )
+        .fetchall()[0]
+    )
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory) -> Iterator[str]:
     """``bootstrap.servers`` of a running Kafka broker shared by the session.

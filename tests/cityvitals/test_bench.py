@@ -42,3 +42,28 @@ def test_sizes_report_time_per_event_and_memory_per_device():
     assert [(r["events"], r["devices"]) for r in rows] == [(2000, 200), (1200, 200)]
     for r in rows:
         assert r["us_per_event"] > 0 and r["peak_rss_mb"] > 0 and r["rss_kb_per_device"] > 0
+
+
+def test_views_part_times_every_view_on_a_synthetic_lake(tmp_path):
+    from cityvitals.lakebench import QUERIES
+
+    out = tmp_path / "views.json"
+    result = CliRunner().invoke(
+        main,
+        ["bench", "--lake-rows", "150000", "--views-only", "--json", str(out)],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    views = orjson.loads(out.read_bytes())["views"]
+    assert views["lake_rows"] == 150_000
+    assert set(views["timings"]) == set(QUERIES)
+    for name, t in views["timings"].items():
+        assert 0 < t["best_s"] <= t["first_s"], name
+        assert t["rows"] > 0, name
+        assert name in result.output
+
+
+def test_views_only_needs_lake_rows():
+    result = CliRunner().invoke(main, ["bench", "--views-only"])
+    assert result.exit_code == 2
+    assert "--views-only needs --lake-rows N" in result.output
