@@ -130,6 +130,11 @@ _OUTAGE_SHARE = 0.40
 _FIRE = (112.0, 120.0)
 _SMOKE = (112.5, 117.0)
 _RAIN = (120.0, 190.0)
+#: Ground response to the rain at the rain grid's risk-point sites: extra mm/s of road
+#: vibration, extra mm of displacement at full response; below every rule's bound.
+_GROUND_VIB = {"section-03": 2.6}
+_GROUND_DISP = {"slope-03": 4.8}
+_GROUND_TAU = 10.0
 _RIVER_START, _RIVER_PEAK_AT, _RIVER_BASE, _RIVER_PEAK = 130.0, 210.0, 1.8, 4.3
 _RIVER_FALL_TAU = 120.0
 _RIVER_BAND = 2.5
@@ -460,6 +465,18 @@ def _rain_rate(t: np.ndarray) -> np.ndarray:
     )
 
 
+def _ground(t: np.ndarray) -> np.ndarray:
+    """Ground response to the rain in D01-G03, 0 to 1; t in minutes.
+
+    It builds up over the rain (from minute 122, full after 35 minutes) and dies
+    away after it (10-minute time constant from minute 190): nil by minute 240.
+    """
+    build = _smooth((t - (_RAIN[0] + 2.0)) / 35.0)
+    peak = _smooth(np.array((_RAIN[1] - _RAIN[0] - 2.0) / 35.0))
+    decay = peak * np.exp(-(np.maximum(t, _RAIN[1]) - _RAIN[1]) / _GROUND_TAU)
+    return np.where(t <= _RAIN[1], build, decay)
+
+
 def _river_level(t: np.ndarray) -> np.ndarray:
     rise = _RIVER_BASE + (_RIVER_PEAK - _RIVER_BASE) * _smooth(
         (t - _RIVER_START) / (_RIVER_PEAK_AT - _RIVER_START)
@@ -722,6 +739,10 @@ class _City:
         self.disp_period = rng.uniform(120.0, 600.0, n)
         self.disp_phase = rng.uniform(0.0, 2 * math.pi, n)
 
+        # the ground of the rain grid's named sites responds to the rain (risk points)
+        self.vib_ground, self.vib_ground_mm = self._responding(self.vib_sites, _GROUND_VIB)
+        self.disp_ground, self.disp_ground_mm = self._responding(self.disp_sites, _GROUND_DISP)
+
         n = len(b["traffic_detector"])
         self.seg_len = rng.uniform(300.0, 800.0, n)
         self.seg_len[:3] = 500.0
@@ -757,6 +778,12 @@ class _City:
         per_site = np.bincount(cams, minlength=len(self.site_names))[cams]
         site_rate = rng.uniform(0.1, 0.6, len(self.site_names))[cams]
         self.cam_rate = site_rate / 15.0 / per_site
+
+    def _responding(self, sites: np.ndarray, amplitude: dict[str, float]):
+        """Indices (into ``sites``) of the named sites that exist, and their amplitudes."""
+        names = [self.site_names[s] for s in sites]
+        here = [(names.index(n), a) for n, a in amplitude.items() if n in names]
+        return np.array([i for i, _ in here], np.int64), np.array([a for _, a in here])
 
     def gar_target(self, t: float) -> np.ndarray:
         share = self.gar_base + self.gar_amp * np.sin(2 * math.pi * t / self.gar_period)
@@ -825,12 +852,15 @@ class _City:
         emit(dev, "rainfall", np.round(np.maximum(rain, 0.0), 1) + 0.0)
 
         dev = b["vibration_sensor"]
-        emit(dev, "vibration", np.round(self.vib_base * rng.uniform(0.85, 1.15, len(dev)), 2))
+        vib = self.vib_base * rng.uniform(0.85, 1.15, len(dev))
+        vib[self.vib_ground] += self.vib_ground_mm * _ground(minutes_of(dev[self.vib_ground]))
+        emit(dev, "vibration", np.round(vib, 2))
 
         dev = b["displacement_sensor"]
         t = minutes_of(dev)
         disp = self.disp_base + 0.5 * np.sin(2 * math.pi * t / self.disp_period + self.disp_phase)
         disp += rng.uniform(-0.05, 0.05, len(dev))
+        disp[self.disp_ground] += self.disp_ground_mm * _ground(t[self.disp_ground])
         emit(dev, "displacement", np.round(disp, 2))
 
         dev = b["traffic_detector"]

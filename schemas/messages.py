@@ -8,7 +8,10 @@ a repeat from a new message:
   so every change of one alert lands on one partition, in order;
 - a dead letter: ``<source>#<partition>@<offset>`` of the rejected record; its
   value is the original bytes, unchanged, and the reason travels in headers;
-- an indicator value: ``<indicator_id>|<entity_id>|<window_start>``.
+- an indicator value: ``<indicator_id>|<entity_id>|<window_start>``;
+- a risk level change: ``<risk_point_id>@<event_ts>``; its key is the risk
+  point id. It goes to the breaches topic; the header ``kind`` (``breach`` or
+  ``risk-level``) tells the two record types apart.
 
 >>> from datetime import UTC, datetime
 >>> t = datetime(2026, 5, 12, 6, 5, tzinfo=UTC)
@@ -18,7 +21,7 @@ a repeat from a new message:
 >>> m.value
 b'{"alert_id":"a1","sequence":0,"severity":"red","event_ts":"2026-05-12T06:05:00Z"}'
 >>> dict(m.headers)["severity"], dict(m.headers)["schema-version"]
-(b'red', b'2')
+(b'red', b'3')
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ __all__ = [
     "breach_messages",
     "dead_letter_messages",
     "indicator_messages",
+    "risk_level_messages",
 ]
 
 #: The header that names a message uniquely (see the module docstring).
@@ -120,6 +124,29 @@ def indicator_messages(values: pl.DataFrame) -> list[OutMessage]:
                 key=key.encode(),
                 value=orjson.dumps(row, option=_JSON),
                 headers=_headers("indicator-value", message_id, level=row.get("level") or ""),
+                message_id=message_id,
+            )
+        )
+    return out
+
+
+def risk_level_messages(records: Iterable[dict]) -> list[OutMessage]:
+    """Risk level changes (``RISK_LEVELS`` rows as dicts) as JSON messages keyed by risk point.
+
+    >>> from datetime import UTC, datetime
+    >>> t = datetime(2026, 5, 12, 8, 30, tzinfo=UTC)
+    >>> m = risk_level_messages([{"risk_point_id": "rp-1", "to_level": "orange", "event_ts": t}])[0]
+    >>> m.key, m.message_id, dict(m.headers)["kind"], dict(m.headers)["level"]
+    (b'rp-1', 'rp-1@2026-05-12T08:30:00+00:00', b'risk-level', b'orange')
+    """
+    out = []
+    for r in records:
+        message_id = f"{r['risk_point_id']}@{r['event_ts'].isoformat()}"
+        out.append(
+            OutMessage(
+                key=r["risk_point_id"].encode(),
+                value=orjson.dumps(r, option=_JSON),
+                headers=_headers("risk-level", message_id, level=r["to_level"]),
                 message_id=message_id,
             )
         )
