@@ -47,11 +47,13 @@ import orjson
 
 __all__ = [
     "Incident",
+    "RiskExpectation",
     "Scenario",
     "calm_period",
     "generate",
     "incidents",
     "manifest",
+    "risk_expectations",
     "write_jsonl",
 ]
 
@@ -248,6 +250,17 @@ _SCRIPTED_ORDERS: tuple[tuple[float, str, str, str, str, float | None, float, fl
     (198.0, "small", "water_authority", _FLOOD_GRID, "grid_worker", 200.5, 212.0, 236.0),
 )
 
+#: Risk points of thresholds/risk_points.yaml and what the rain must do to them: (id, grid,
+#: the least peak level it must reach during the rain; "normal": it must stay normal).
+_RISK_TABLE: tuple[tuple[str, str, str], ...] = (
+    ("rp-road-G03-1", _FLOOD_GRID, "orange"),
+    ("rp-slope-G03-1", _FLOOD_GRID, "orange"),
+    ("rp-highrise-G03-1", _FLOOD_GRID, "yellow"),
+    ("rp-road-G01-1", "D01-G01", "normal"),
+    ("rp-slope-G02-1", "D01-G02", "normal"),
+    ("rp-highrise-G01-1", "D01-G01", "normal"),
+)
+
 
 # ---------------------------------------------------------------------------------------------
 # Public API
@@ -336,6 +349,46 @@ def incidents(scenario: Scenario) -> list[Incident]:
     return out
 
 
+@dataclass(frozen=True)
+class RiskExpectation:
+    """Ground truth of one risk point of the default risk-point file.
+
+    A point that ``rises`` must first go up during the rain (``rise_from`` to
+    ``rise_until``), reach at least ``min_peak``, and be back to normal by
+    ``normal_by``; any other point must stay normal throughout.
+    """
+
+    risk_point_id: str
+    grid_id: str
+    rises: bool
+    min_peak: str
+    rise_from: datetime
+    rise_until: datetime
+    normal_by: datetime
+
+
+def risk_expectations(scenario: Scenario) -> list[RiskExpectation]:
+    """What the scenario's rain must do to the risk points (those of the rain grid rise).
+
+    Only scenarios that last past the rain and its aftermath (240 minutes) hold them.
+
+    >>> [(e.risk_point_id, e.min_peak) for e in risk_expectations(Scenario()) if e.rises]
+    [('rp-road-G03-1', 'orange'), ('rp-slope-G03-1', 'orange'), ('rp-highrise-G03-1', 'yellow')]
+    """
+    return [
+        RiskExpectation(
+            risk_point_id=ident,
+            grid_id=grid,
+            rises=peak != "normal",
+            min_peak=peak,
+            rise_from=_at(scenario, _RAIN[0]),
+            rise_until=_at(scenario, _RAIN[1]),
+            normal_by=scenario.end,
+        )
+        for ident, grid, peak in _RISK_TABLE
+    ]
+
+
 def calm_period(scenario: Scenario) -> tuple[datetime, datetime]:
     """``[start, start + 60 min)``: nothing abnormal anywhere in the district."""
     return scenario.start, scenario.start + timedelta(minutes=_CALM_MINUTES)
@@ -396,6 +449,18 @@ def manifest(scenario: Scenario) -> dict:
                 "end": _rfc3339(i.end),
             }
             for i in incidents(scenario)
+        ],
+        "risk_points": [
+            {
+                "risk_point_id": e.risk_point_id,
+                "grid_id": e.grid_id,
+                "rises": e.rises,
+                "min_peak": e.min_peak,
+                "rise_from": _rfc3339(e.rise_from),
+                "rise_until": _rfc3339(e.rise_until),
+                "normal_by": _rfc3339(e.normal_by),
+            }
+            for e in risk_expectations(scenario)
         ],
         "devices_by_type": {name: counts[name] for name in _TYPE_NAMES},
         "fixed_sites": [
