@@ -75,11 +75,11 @@ def score(base: list[BaseFactor], factors: list[DynamicFactor], values: dict[str
         ),
     ]
     parts.sort(key=lambda c: -c.contribution)  # stable: file order among equals
-    return Score(round(total, 12), tuple(parts))
+    return Score(total, tuple(parts))
 
 
 def _share(part: float, total: float) -> float:
-    return round(part / total, 12) if total > 0 else 0.0
+    return part / total if total > 0 else 0.0
 
 
 @dataclass(frozen=True, slots=True)
