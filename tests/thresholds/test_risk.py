@@ -170,7 +170,8 @@ def point() -> RiskPoint:
             "location": {"grid_id": "D01-G03", "district_id": "D01"},
             "base": [{"name": "soil", "value": 1.0}],
             "factors": [
-                {"name": "rain", "indicator": "flood.rainfall", "entity": "r1", "low": 0, "high": 20},
+                {"name": "rain", "indicator": "flood.rainfall", "entity": "r1", "low": 0,
+                 "high": 20},
                 {"name": "vib", "indicator": "collapse.road_vibration", "entity": "s1", "low": 1,
                  "high": 3},
             ],
