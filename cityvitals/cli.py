@@ -63,6 +63,11 @@ def _print_summary(s: dict, seconds: float) -> None:
     click.echo(
         f"orders overdue  {overdue:>9,}   (past their 1510 deadline; dispatched late: {late:,})"
     )
+    up, down = s["risk_level_changes"]["upgraded"], s["risk_level_changes"]["downgraded"]
+    click.echo(
+        f"risk changes   {up + down:>10,}   (upgraded: {up:,}, downgraded: {down:,}; "
+        f"risk points: {s['risk_points_changed']:,})"
+    )
 
 
 def _fresh_out(out: Path, overwrite: bool) -> None:
