@@ -6,6 +6,8 @@ changes are read back from the lake's ``risk_levels`` table with DuckDB.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from cityvitals.simulate import risk_expectations
@@ -36,7 +38,7 @@ def flaps(levels: list[str]) -> bool:
     only downgrades. Any downgrade followed by an upgrade is a flap.
     """
     went_down = False
-    for a, b in zip(levels, levels[1:], strict=False):
+    for a, b in itertools.pairwise(levels):
         if RANK[b] < RANK[a]:
             went_down = True
         elif went_down:
