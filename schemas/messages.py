@@ -26,7 +26,7 @@ b'{"alert_id":"a1","sequence":0,"severity":"red","event_ts":"2026-05-12T06:05:00
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import orjson
@@ -66,15 +66,28 @@ def _headers(kind: str, message_id: str, **extra: str) -> tuple[tuple[str, bytes
 
 def breach_messages(records: Iterable[dict]) -> list[OutMessage]:
     """Breach state changes (``BREACHES`` rows as dicts) as JSON messages keyed by alert."""
+    return _json_messages(
+        records,
+        "breach",
+        "alert_id",
+        lambda r: f"{r['alert_id']}/{r['sequence']}",
+        severity="severity",
+    )
+
+
+def _json_messages(
+    records: Iterable[dict], kind: str, key: str, message_id: Callable[[dict], str], **headers: str
+) -> list[OutMessage]:
+    """Records as JSON messages keyed by their ``key`` field; ``headers`` name record fields."""
     out = []
     for r in records:
-        message_id = f"{r['alert_id']}/{r['sequence']}"
+        ident = message_id(r)
         out.append(
             OutMessage(
-                key=r["alert_id"].encode(),
+                key=r[key].encode(),
                 value=orjson.dumps(r, option=_JSON),
-                headers=_headers("breach", message_id, severity=r["severity"]),
-                message_id=message_id,
+                headers=_headers(kind, ident, **{h: r[f] for h, f in headers.items()}),
+                message_id=ident,
             )
         )
     return out
@@ -139,15 +152,10 @@ def risk_level_messages(records: Iterable[dict]) -> list[OutMessage]:
     >>> m.key, m.message_id, dict(m.headers)["kind"], dict(m.headers)["level"]
     (b'rp-1', 'rp-1@2026-05-12T08:30:00+00:00', b'risk-level', b'orange')
     """
-    out = []
-    for r in records:
-        message_id = f"{r['risk_point_id']}@{r['event_ts'].isoformat()}"
-        out.append(
-            OutMessage(
-                key=r["risk_point_id"].encode(),
-                value=orjson.dumps(r, option=_JSON),
-                headers=_headers("risk-level", message_id, level=r["to_level"]),
-                message_id=message_id,
-            )
-        )
-    return out
+    return _json_messages(
+        records,
+        "risk-level",
+        "risk_point_id",
+        lambda r: f"{r['risk_point_id']}@{r['event_ts'].isoformat()}",
+        level="to_level",
+    )
