@@ -269,7 +269,11 @@ def _to_risk(readers: pl.DataFrame):
 def _risk_readers(points: RiskPointSet) -> pl.DataFrame:
     """``(indicator_id, entity_id, risk_point_id)``: which point reads which series."""
     rows = [(i, e, p) for (i, e), ids in points.readers().items() for p in ids]
-    return pl.DataFrame(rows, schema=["indicator_id", "entity_id", "risk_point_id"], orient="row")
+    return pl.DataFrame(
+        rows,
+        schema=dict.fromkeys(("indicator_id", "entity_id", "risk_point_id"), pl.String),
+        orient="row",
+    )
 
 
 def _emitted(records: list[dict]) -> list[dict] | None:

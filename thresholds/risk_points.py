@@ -185,7 +185,7 @@ class RiskPointSet(_Strict):
 
     step: Duration = Field(default=timedelta(minutes=5))
     models: dict[str, GradingModel] = Field(min_length=1)
-    points: list[RiskPoint] = Field(min_length=1)
+    points: list[RiskPoint] = Field(default_factory=list)
 
     def problems(self, context: dict) -> list[tuple[tuple, str]]:
         """Checks across entries, each reported at the entry that breaks it."""
