@@ -63,6 +63,11 @@ def _print_summary(s: dict, seconds: float) -> None:
     click.echo(
         f"orders overdue  {overdue:>9,}   (past their 1510 deadline; dispatched late: {late:,})"
     )
+    up, down = s["risk_level_changes"]["upgraded"], s["risk_level_changes"]["downgraded"]
+    click.echo(
+        f"risk changes   {up + down:>10,}   (upgraded: {up:,}, downgraded: {down:,}; "
+        f"risk points: {s['risk_points_changed']:,})"
+    )
 
 
 def _fresh_out(out: Path, overwrite: bool) -> None:
@@ -383,7 +388,14 @@ _RATING_OPTION = click.option(
 @_CATALOG_OPTION
 @_RULES_OPTION
 @_RATING_OPTION
-def check(catalog: Path | None, rules: Path | None, rating: Path | None) -> None:
+@click.option(
+    "--risk-points",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Risk points and grading models (default: the packaged thresholds/risk_points.yaml).",
+)
+def check(
+    catalog: Path | None, rules: Path | None, rating: Path | None, risk_points: Path | None
+) -> None:
     """Load every indicator and rule and the rating; print coverage per sector, or the errors.
 
     Exits non-zero, naming file, line and key, if anything is wrong: an
@@ -392,9 +404,11 @@ def check(catalog: Path | None, rules: Path | None, rating: Path | None) -> None
     """
     from thresholds.coverage import coverage
     from thresholds.rating import DEFAULT_RATING, load_rating
+    from thresholds.risk_points import DEFAULT_RISK_POINTS, load_risk_points
 
     cat, ruleset = _catalog_and_rules(catalog, rules)
     five = load_rating(rating or DEFAULT_RATING, catalog=cat)
+    risk = load_risk_points(risk_points or DEFAULT_RISK_POINTS, catalog=cat)
     click.echo(f"{'sector':<16}{'indicators':>11}{'with thresholds':>17}{'share':>8}{'rules':>7}")
     for r in coverage(cat, ruleset):
         if r.sector == "total":
@@ -410,6 +424,7 @@ def check(catalog: Path | None, rules: Path | None, rating: Path | None) -> None
     }
     click.echo(", ".join(f"{n} {k}" for k, n in kinds.items()))
     click.echo(f"department rating: {five.summary()}")
+    click.echo(f"risk points: {len(risk.points)}, grading models: {', '.join(risk.models)}")
 
 
 @main.command("catalog")

@@ -47,11 +47,13 @@ import orjson
 
 __all__ = [
     "Incident",
+    "RiskExpectation",
     "Scenario",
     "calm_period",
     "generate",
     "incidents",
     "manifest",
+    "risk_expectations",
     "write_jsonl",
 ]
 
@@ -130,6 +132,11 @@ _OUTAGE_SHARE = 0.40
 _FIRE = (112.0, 120.0)
 _SMOKE = (112.5, 117.0)
 _RAIN = (120.0, 190.0)
+#: Ground response to the rain at the rain grid's risk-point sites: extra mm/s of road
+#: vibration, extra mm of displacement at full response; below every rule's bound.
+_GROUND_VIB = {"section-03": 2.6}
+_GROUND_DISP = {"slope-03": 4.8}
+_GROUND_TAU = 10.0
 _RIVER_START, _RIVER_PEAK_AT, _RIVER_BASE, _RIVER_PEAK = 130.0, 210.0, 1.8, 4.3
 _RIVER_FALL_TAU = 120.0
 _RIVER_BAND = 2.5
@@ -243,6 +250,17 @@ _SCRIPTED_ORDERS: tuple[tuple[float, str, str, str, str, float | None, float, fl
     (198.0, "small", "water_authority", _FLOOD_GRID, "grid_worker", 200.5, 212.0, 236.0),
 )
 
+#: Risk points of thresholds/risk_points.yaml and what the rain must do to them: (id, grid,
+#: the least peak level it must reach during the rain; "normal": it must stay normal).
+_RISK_TABLE: tuple[tuple[str, str, str], ...] = (
+    ("rp-road-G03-1", _FLOOD_GRID, "orange"),
+    ("rp-slope-G03-1", _FLOOD_GRID, "orange"),
+    ("rp-highrise-G03-1", _FLOOD_GRID, "yellow"),
+    ("rp-road-G01-1", "D01-G01", "normal"),
+    ("rp-slope-G02-1", "D01-G02", "normal"),
+    ("rp-highrise-G01-1", "D01-G01", "normal"),
+)
+
 
 # ---------------------------------------------------------------------------------------------
 # Public API
@@ -331,6 +349,46 @@ def incidents(scenario: Scenario) -> list[Incident]:
     return out
 
 
+@dataclass(frozen=True)
+class RiskExpectation:
+    """Ground truth of one risk point of the default risk-point file.
+
+    A point that ``rises`` must first go up during the rain (``rise_from`` to
+    ``rise_until``), reach at least ``min_peak``, and be back to normal by
+    ``normal_by``; any other point must stay normal throughout.
+    """
+
+    risk_point_id: str
+    grid_id: str
+    rises: bool
+    min_peak: str
+    rise_from: datetime
+    rise_until: datetime
+    normal_by: datetime
+
+
+def risk_expectations(scenario: Scenario) -> list[RiskExpectation]:
+    """What the scenario's rain must do to the risk points (those of the rain grid rise).
+
+    Only scenarios that last past the rain and its aftermath (240 minutes) hold them.
+
+    >>> [(e.risk_point_id, e.min_peak) for e in risk_expectations(Scenario()) if e.rises]
+    [('rp-road-G03-1', 'orange'), ('rp-slope-G03-1', 'orange'), ('rp-highrise-G03-1', 'yellow')]
+    """
+    return [
+        RiskExpectation(
+            risk_point_id=ident,
+            grid_id=grid,
+            rises=peak != "normal",
+            min_peak=peak,
+            rise_from=_at(scenario, _RAIN[0]),
+            rise_until=_at(scenario, _RAIN[1]),
+            normal_by=scenario.end,
+        )
+        for ident, grid, peak in _RISK_TABLE
+    ]
+
+
 def calm_period(scenario: Scenario) -> tuple[datetime, datetime]:
     """``[start, start + 60 min)``: nothing abnormal anywhere in the district."""
     return scenario.start, scenario.start + timedelta(minutes=_CALM_MINUTES)
@@ -391,6 +449,18 @@ def manifest(scenario: Scenario) -> dict:
                 "end": _rfc3339(i.end),
             }
             for i in incidents(scenario)
+        ],
+        "risk_points": [
+            {
+                "risk_point_id": e.risk_point_id,
+                "grid_id": e.grid_id,
+                "rises": e.rises,
+                "min_peak": e.min_peak,
+                "rise_from": _rfc3339(e.rise_from),
+                "rise_until": _rfc3339(e.rise_until),
+                "normal_by": _rfc3339(e.normal_by),
+            }
+            for e in risk_expectations(scenario)
         ],
         "devices_by_type": {name: counts[name] for name in _TYPE_NAMES},
         "fixed_sites": [
@@ -458,6 +528,18 @@ def _rain_rate(t: np.ndarray) -> np.ndarray:
         [0.0, 1.0, 1.55, 1.8, 1.5, taper],
         0.0,
     )
+
+
+def _ground(t: np.ndarray) -> np.ndarray:
+    """Ground response to the rain in D01-G03, 0 to 1; t in minutes.
+
+    It builds up over the rain (from minute 122, full after 35 minutes) and dies
+    away after it (10-minute time constant from minute 190): nil by minute 240.
+    """
+    build = _smooth((t - (_RAIN[0] + 2.0)) / 35.0)
+    peak = _smooth(np.array((_RAIN[1] - _RAIN[0] - 2.0) / 35.0))
+    decay = peak * np.exp(-(np.maximum(t, _RAIN[1]) - _RAIN[1]) / _GROUND_TAU)
+    return np.where(t <= _RAIN[1], build, decay)
 
 
 def _river_level(t: np.ndarray) -> np.ndarray:
@@ -722,6 +804,10 @@ class _City:
         self.disp_period = rng.uniform(120.0, 600.0, n)
         self.disp_phase = rng.uniform(0.0, 2 * math.pi, n)
 
+        # the ground of the rain grid's named sites responds to the rain (risk points)
+        self.vib_ground, self.vib_ground_mm = self._responding(self.vib_sites, _GROUND_VIB)
+        self.disp_ground, self.disp_ground_mm = self._responding(self.disp_sites, _GROUND_DISP)
+
         n = len(b["traffic_detector"])
         self.seg_len = rng.uniform(300.0, 800.0, n)
         self.seg_len[:3] = 500.0
@@ -757,6 +843,12 @@ class _City:
         per_site = np.bincount(cams, minlength=len(self.site_names))[cams]
         site_rate = rng.uniform(0.1, 0.6, len(self.site_names))[cams]
         self.cam_rate = site_rate / 15.0 / per_site
+
+    def _responding(self, sites: np.ndarray, amplitude: dict[str, float]):
+        """Indices (into ``sites``) of the named sites that exist, and their amplitudes."""
+        names = [self.site_names[s] for s in sites]
+        here = [(names.index(n), a) for n, a in amplitude.items() if n in names]
+        return np.array([i for i, _ in here], np.int64), np.array([a for _, a in here])
 
     def gar_target(self, t: float) -> np.ndarray:
         share = self.gar_base + self.gar_amp * np.sin(2 * math.pi * t / self.gar_period)
@@ -825,12 +917,15 @@ class _City:
         emit(dev, "rainfall", np.round(np.maximum(rain, 0.0), 1) + 0.0)
 
         dev = b["vibration_sensor"]
-        emit(dev, "vibration", np.round(self.vib_base * rng.uniform(0.85, 1.15, len(dev)), 2))
+        vib = self.vib_base * rng.uniform(0.85, 1.15, len(dev))
+        vib[self.vib_ground] += self.vib_ground_mm * _ground(minutes_of(dev[self.vib_ground]))
+        emit(dev, "vibration", np.round(vib, 2))
 
         dev = b["displacement_sensor"]
         t = minutes_of(dev)
         disp = self.disp_base + 0.5 * np.sin(2 * math.pi * t / self.disp_period + self.disp_phase)
         disp += rng.uniform(-0.05, 0.05, len(dev))
+        disp[self.disp_ground] += self.disp_ground_mm * _ground(t[self.disp_ground])
         emit(dev, "displacement", np.round(disp, 2))
 
         dev = b["traffic_detector"]

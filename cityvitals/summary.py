@@ -55,6 +55,8 @@ def summarize(lake: Lake) -> dict:
         )
         changes = con.execute("SELECT count(*) FROM breaches").fetchone()[0]
         values = con.execute("SELECT count(*) FROM indicator_values").fetchone()[0]
+        risk = dict(con.execute("SELECT change, count(*) FROM risk_levels GROUP BY 1").fetchall())
+        raised = con.execute("SELECT count(DISTINCT risk_point_id) FROM risk_levels").fetchone()[0]
     finally:
         con.close()
     order = {s: i for i, s in enumerate(SEVERITIES)}
@@ -74,6 +76,8 @@ def summarize(lake: Lake) -> dict:
         "device_status": {k: int(devices[k]) for k in sorted(devices)},
         "order_deadlines": {k: int(orders[k]) for k in sorted(orders)},
         "indicator_values": int(values),
+        "risk_level_changes": {k: int(risk.get(k, 0)) for k in ("upgraded", "downgraded")},
+        "risk_points_changed": int(raised),
         "duckdb": str(lake.db_path),
     }
 

@@ -40,9 +40,17 @@ from schemas.families import (
     INDICATOR_VALUES,
     INGEST_BATCHES,
     ORDER_DEADLINES,
+    RISK_LEVELS,
 )
-from schemas.messages import breach_messages, dead_letter_messages, indicator_messages
+from schemas.messages import (
+    breach_messages,
+    dead_letter_messages,
+    indicator_messages,
+    risk_level_messages,
+)
 from thresholds.evaluate import Evaluator
+from thresholds.risk import PointTracker
+from thresholds.risk_points import RiskPointSet, load_risk_points
 from thresholds.rules import RuleSet, load_rules
 
 __all__ = ["Closed", "Fired", "Ingested", "ShardItem", "TimerItem", "build"]
@@ -239,6 +247,41 @@ def _arrow(frame: pl.DataFrame, schema: pa.Schema) -> pa.Table:
     return frame.select(schema.names).to_arrow().cast(schema)
 
 
+def _to_risk(readers: pl.DataFrame):
+    """The rows of a shard's values that are factors of risk points, per risk point id."""
+
+    def route(item: tuple[str, tuple[pl.DataFrame, list]]) -> list[tuple[str, tuple]]:
+        values = item[1][0]
+        if not values.height or not readers.height:
+            return []
+        rows = values.join(readers, on=["indicator_id", "entity_id"]).sort(
+            "risk_point_id", "window_end", "indicator_id", "entity_id"
+        )
+        cols = ("indicator_id", "entity_id", "window_end", "value")
+        return [
+            (point, (point, group.select(cols).rows()))
+            for (point,), group in rows.group_by("risk_point_id", maintain_order=True)
+        ]
+
+    return route
+
+
+def _risk_readers(points: RiskPointSet) -> pl.DataFrame:
+    """``(indicator_id, entity_id, risk_point_id)``: which point reads which series."""
+    rows = [(i, e, p) for (i, e), ids in points.readers().items() for p in ids]
+    return pl.DataFrame(
+        rows,
+        schema=dict.fromkeys(("indicator_id", "entity_id", "risk_point_id"), pl.String),
+        orient="row",
+    )
+
+
+def _emitted(records: list[dict]) -> list[dict] | None:
+    """Risk level changes with their ``emitted_at`` (now); None if there are none."""
+    now = datetime.now(UTC)
+    return [{**r, "emitted_at": now} for r in records] or None
+
+
 def _dead(item: tuple[str, Ingested]) -> tuple[str, pl.DataFrame] | None:
     key, ing = item
     return (key, ing.decoded.dead) if ing.decoded.dead.height else None
@@ -251,14 +294,16 @@ def build(
     rules: RuleSet | None = None,
     decoder: Decoder | None = None,
     kafka: KafkaConfig | None = None,
+    risk_points: RiskPointSet | None = None,
 ) -> Dataflow:
     """The city dataflow over ``source``, writing into ``config.out``.
 
-    With ``kafka``, breaches and dead letters (and indicator values, if that
-    topic is set) are also published to its topics.
+    With ``kafka``, breaches, risk level changes and dead letters (and
+    indicator values, if that topic is set) are also published to its topics.
     """
     catalog = catalog or load_catalog(config.catalog)
     rules = rules or load_rules(config.rules, catalog)
+    risk_points = risk_points or load_risk_points(config.risk_points, catalog)
     decoder = decoder or Decoder(max_future=config.max_future, max_age=config.max_age)
     lake = Lake(config.out)
     lake.create()
@@ -282,6 +327,13 @@ def build(
     def evaluate(ev: Evaluator | None, closed: Closed):
         ev = ev or Evaluator(rules)
         return ev, ev.evaluate(closed.values, now=datetime.now(UTC), watermark=closed.watermark)
+
+    def grade(tracker: PointTracker | None, routed: tuple[str, list[tuple]]):
+        point_id, rows = routed
+        if tracker is None:
+            point = risk_points.point(point_id)
+            tracker = PointTracker(point, risk_points.models[point.model], risk_points.step)
+        return tracker, tracker.add(rows)
 
     flow = Dataflow("cityvitals")
     raw = op.input("read", flow, source)
@@ -334,6 +386,17 @@ def build(
     )
     # (shard, pa.Table of breach state changes)
     op.output("breaches_out", breach_tables, sink("breaches"))
+    routed = op.flat_map("to_risk", graded, _to_risk(_risk_readers(risk_points)))
+    # (risk point id, (risk point id, [(indicator_id, entity_id, window_end, value)]))
+    risk = op.stateful_map("risk", routed, grade)
+    # (risk point id, [level change records]): scored and graded, see thresholds/risk.py
+    risk_changes = op.filter_map_value("risk_changes", risk, _emitted)
+    # (risk point id, [RISK_LEVELS record dicts with emitted_at])
+    risk_tables = op.map_value(
+        "risk_table", risk_changes, lambda r: pa.Table.from_pylist(r, schema=RISK_LEVELS)
+    )
+    # (risk point id, pa.Table of risk level changes)
+    op.output("risk_levels_out", risk_tables, sink("risk_levels"))
     if kafka is not None:
         topics = kafka.topics
 
@@ -344,7 +407,11 @@ def build(
 
         breach_msgs = op.map_value("breach_msgs", breaches, breach_messages)
         # (shard, [OutMessage] keyed by alert id)
-        op.output("breaches_kafka", breach_msgs, publish(topics.breaches))
+        risk_msgs = op.map_value("risk_msgs", risk_changes, risk_level_messages)
+        # (risk point id, [OutMessage] keyed by risk point id, header kind: risk-level)
+        alerts = op.merge("alerts", breach_msgs, risk_msgs)
+        # (shard or risk point id, [OutMessage]): what goes where breaches go
+        op.output("breaches_kafka", alerts, publish(topics.breaches))
         dead_msgs = op.map_value("dead_msgs", dead, dead_letter_messages)
         # (partition, [OutMessage]: original bytes, reason and offset in headers)
         op.output("dead_letters_kafka", dead_msgs, publish(topics.deadletter))

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cityvitals.yamlconf import ConfigError, Duration, load_model, validate_data
 from indicators.definitions import DEFAULT_CATALOG
+from thresholds.risk_points import DEFAULT_RISK_POINTS
 from thresholds.rules import DEFAULT_RULES
 
 __all__ = [
@@ -81,6 +82,9 @@ class PipelineConfig(BaseModel):
     )
     catalog: Path = Field(default=DEFAULT_CATALOG, description="Indicator catalogue (YAML).")
     rules: Path = Field(default=DEFAULT_RULES, description="Threshold rules (YAML).")
+    risk_points: Path = Field(
+        default=DEFAULT_RISK_POINTS, description="Risk points and grading models (YAML)."
+    )
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any], source: str = "configuration") -> PipelineConfig:

@@ -8,7 +8,10 @@ a repeat from a new message:
   so every change of one alert lands on one partition, in order;
 - a dead letter: ``<source>#<partition>@<offset>`` of the rejected record; its
   value is the original bytes, unchanged, and the reason travels in headers;
-- an indicator value: ``<indicator_id>|<entity_id>|<window_start>``.
+- an indicator value: ``<indicator_id>|<entity_id>|<window_start>``;
+- a risk level change: ``<risk_point_id>@<event_ts>``; its key is the risk
+  point id. It goes to the breaches topic; the header ``kind`` (``breach`` or
+  ``risk-level``) tells the two record types apart.
 
 >>> from datetime import UTC, datetime
 >>> t = datetime(2026, 5, 12, 6, 5, tzinfo=UTC)
@@ -23,7 +26,7 @@ b'{"alert_id":"a1","sequence":0,"severity":"red","event_ts":"2026-05-12T06:05:00
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import orjson
@@ -37,6 +40,7 @@ __all__ = [
     "breach_messages",
     "dead_letter_messages",
     "indicator_messages",
+    "risk_level_messages",
 ]
 
 #: The header that names a message uniquely (see the module docstring).
@@ -62,15 +66,28 @@ def _headers(kind: str, message_id: str, **extra: str) -> tuple[tuple[str, bytes
 
 def breach_messages(records: Iterable[dict]) -> list[OutMessage]:
     """Breach state changes (``BREACHES`` rows as dicts) as JSON messages keyed by alert."""
+    return _json_messages(
+        records,
+        "breach",
+        "alert_id",
+        lambda r: f"{r['alert_id']}/{r['sequence']}",
+        severity="severity",
+    )
+
+
+def _json_messages(
+    records: Iterable[dict], kind: str, key: str, message_id: Callable[[dict], str], **headers: str
+) -> list[OutMessage]:
+    """Records as JSON messages keyed by their ``key`` field; ``headers`` name record fields."""
     out = []
     for r in records:
-        message_id = f"{r['alert_id']}/{r['sequence']}"
+        ident = message_id(r)
         out.append(
             OutMessage(
-                key=r["alert_id"].encode(),
+                key=r[key].encode(),
                 value=orjson.dumps(r, option=_JSON),
-                headers=_headers("breach", message_id, severity=r["severity"]),
-                message_id=message_id,
+                headers=_headers(kind, ident, **{h: r[f] for h, f in headers.items()}),
+                message_id=ident,
             )
         )
     return out
@@ -124,3 +141,21 @@ def indicator_messages(values: pl.DataFrame) -> list[OutMessage]:
             )
         )
     return out
+
+
+def risk_level_messages(records: Iterable[dict]) -> list[OutMessage]:
+    """Risk level changes (``RISK_LEVELS`` rows as dicts) as JSON messages keyed by risk point.
+
+    >>> from datetime import UTC, datetime
+    >>> t = datetime(2026, 5, 12, 8, 30, tzinfo=UTC)
+    >>> m = risk_level_messages([{"risk_point_id": "rp-1", "to_level": "orange", "event_ts": t}])[0]
+    >>> m.key, m.message_id, dict(m.headers)["kind"], dict(m.headers)["level"]
+    (b'rp-1', 'rp-1@2026-05-12T08:30:00+00:00', b'risk-level', b'orange')
+    """
+    return _json_messages(
+        records,
+        "risk-level",
+        "risk_point_id",
+        lambda r: f"{r['risk_point_id']}@{r['event_ts'].isoformat()}",
+        level="to_level",
+    )

@@ -185,6 +185,8 @@ def test_public_api_names():
         "Scenario",
         "Incident",
         "incidents",
+        "RiskExpectation",
+        "risk_expectations",
         "calm_period",
         "generate",
         "write_jsonl",

@@ -105,9 +105,14 @@ def read_topic(bootstrap: str, topic: str) -> list:
         consumer.close()
 
 
+def of_kind(messages, kind: str) -> list:
+    """The messages whose ``kind`` header is ``kind`` (breach, risk-level, ...)."""
+    return [m for m in messages if dict(m.headers())["kind"] == kind.encode()]
+
+
 def breach_records(messages) -> list[dict]:
     records = []
-    for m in messages:
+    for m in of_kind(messages, "breach"):
         rec = orjson.loads(m.value())
         for key in ("first_ts", "event_ts", "emitted_at"):
             rec[key] = datetime.fromisoformat(rec[key])
@@ -132,6 +137,7 @@ def lake_duplicates(out: Path) -> dict[str, int]:
         "breaches": "alert_id, sequence",
         "dead_letters": 'source, partition, "offset"',
         "ingest_batches": "source, partition, first_offset",
+        "risk_levels": "risk_point_id, event_ts",
     }
     con = duckdb.connect(str(out / "cityvitals.duckdb"), read_only=True)
     try:
@@ -183,7 +189,32 @@ def check_outputs(kafka: KafkaConfig, out: Path, small_run, events: int) -> list
     )
     results = match_incidents(records, incidents(scenario))
     assert [r["id"] for r in results if not r["detected"]] == []
+    assert risk_changes(messages) == lake_risk_changes(reference)
     return records
+
+
+def risk_changes(messages) -> set[tuple]:
+    """Risk level changes on the breaches topic, told apart by their ``kind`` header."""
+    out = set()
+    for m in of_kind(messages, "risk-level"):
+        rec = orjson.loads(m.value())
+        assert m.key() == rec["risk_point_id"].encode()
+        assert dict(m.headers())["level"] == rec["to_level"].encode()
+        at = datetime.fromisoformat(rec["event_ts"])
+        out.add((rec["risk_point_id"], rec["from_level"], rec["to_level"], at))
+    return out
+
+
+def lake_risk_changes(lake: Lake) -> set[tuple]:
+    con = lake.connect()
+    try:
+        rows = con.execute(
+            "SELECT risk_point_id, from_level, to_level, event_ts FROM risk_levels"
+        ).fetchall()
+    finally:
+        con.close()
+    assert rows, "the scenario raised no risk level change"
+    return set(rows)
 
 
 def test_breaches_and_dead_letters_over_kafka(published, small_run, topic_prefix, tmp_path):
@@ -195,7 +226,7 @@ def test_breaches_and_dead_letters_over_kafka(published, small_run, topic_prefix
     finish(start_flow(flow_env(kafka, tmp_path / "out"), None, log), log)
 
     check_outputs(kafka, tmp_path / "out", small_run, events)
-    messages = read_topic(kafka.bootstrap_servers, kafka.topics.breaches)
+    messages = of_kind(read_topic(kafka.bootstrap_servers, kafka.topics.breaches), "breach")
     records = breach_records(messages)
     by_alert = defaultdict(list)
     for m, rec in zip(messages, records, strict=True):
@@ -355,6 +386,7 @@ def test_two_processes_of_two_workers_give_what_one_process_gives(
         "breaches": "alert_id, sequence, state, severity, event_ts, round(value, 9)",
         "device_status": "device_id, status, event_ts, last_seen_ts",
         "order_deadlines": "order_id, state, event_ts, overdue_s",
+        "risk_levels": "risk_point_id, event_ts, from_level, to_level, round(score, 9)",
     }
     for table, columns in tables.items():
         query = f"SELECT {columns} FROM {table} ORDER BY ALL"
