@@ -43,6 +43,7 @@ from schemas.families import (
 )
 from schemas.messages import breach_messages, dead_letter_messages, indicator_messages
 from thresholds.evaluate import Evaluator
+from thresholds.models import Scorer
 from thresholds.rules import RuleSet, load_rules
 
 __all__ = ["Closed", "Fired", "Ingested", "ShardItem", "TimerItem", "build"]
@@ -146,6 +147,22 @@ class _Windows(StatefulLogic[ShardItem, Closed, bytes]):
 
     def snapshot(self) -> bytes:
         return pickle.dumps(self.store, protocol=pickle.HIGHEST_PROTOCOL)  # a copy, frozen now
+
+
+class _Score(StatefulLogic[Closed, Closed, bytes]):
+    """Bytewax glue around one shard's :class:`Scorer`: model scores join the values."""
+
+    def __init__(self, scorer: Scorer) -> None:
+        self.scorer = scorer
+
+    def on_item(self, value: Closed):
+        scores = self.scorer.score(value.values)
+        if scores.height:
+            value = Closed(pl.concat([value.values, scores]), value.watermark)
+        return [value], StatefulLogic.RETAIN
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps(self.scorer, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 @dataclass(slots=True)
@@ -320,7 +337,13 @@ def build(
         "windows", sharded, lambda resume: _Windows(_restore(resume, catalog, partitions))
     )
     # (shard, Closed: indicator values of windows just closed, and the watermark)
-    graded = op.stateful_map("thresholds", values, evaluate)
+    scored = op.stateful(
+        "score",
+        values,
+        lambda resume: _Score(pickle.loads(resume) if resume else Scorer(catalog)),
+    )
+    # (shard, Closed: the same, plus one row per model score of those values)
+    graded = op.stateful_map("thresholds", scored, evaluate)
     # (shard, (values with level, [breach state changes]))
     value_tables = op.filter_map_value(
         "value_table", graded, lambda g: _arrow(g[0], INDICATOR_VALUES) if g[0].height else None
