@@ -434,7 +434,7 @@ class Catalog(_Strict):
                         (
                             ("models", i, "features", j),
                             f"got '{f}', expected an indicator per {source.entity.type} over "
-                            f"{source.window} like '{source.id}'",
+                            f"{source.window.total_seconds():g}s like '{source.id}'",
                         )
                     )
         return found
