@@ -351,7 +351,7 @@ class _ModelBase(_Strict):
 
 class _Freezes(_ModelBase):
     #: While a score is at or above this, the series is not learned from, so a
-    #: long anomaly does not become the baseline.
+    #: long anomaly does not become the baseline; 1 learns from every value.
     freeze_above: float = Field(default=0.99, gt=0.0, le=1.0)
 
 
@@ -369,6 +369,8 @@ class QuantileModel(_Freezes):
     """Rolling quantiles (river): how far past the ``q`` quantile a value lies."""
 
     kind: Literal["quantile"]
+    #: Scores are e / (1 + e) for e spreads past the quantile: 0.5 is one spread.
+    freeze_above: float = Field(default=0.5, gt=0.0, le=1.0)
     q: float = Field(default=0.95, gt=0.5, lt=1.0)
     window: int = Field(default=60, ge=10, le=100_000)
     direction: Literal["above", "below", "both"] = "both"
