@@ -633,6 +633,8 @@ def replay(input_path, indicator, model, out, entity_column, catalog, rules) -> 
 
     cat, ruleset = _catalog_and_rules(catalog, rules)
     try:
+        if out:
+            rp.out_format(out)
         series = rp.read_series(input_path, entity_column)
         with (
             click.progressbar(length=series.height, label="replaying", file=sys.stderr)

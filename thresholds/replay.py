@@ -57,6 +57,7 @@ __all__ = [
     "LONG_INPUT",
     "ReplayError",
     "ReplayResult",
+    "out_format",
     "read_series",
     "replay",
     "summary_lines",
@@ -268,19 +269,23 @@ def _values(chunk: pl.DataFrame, indicator_id: str, column: str, catalog: Catalo
     ).drop_nulls("value")
 
 
+def out_format(path: Path | str) -> str:
+    """``csv`` or ``parquet``, by the output file's suffix."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise ReplayError(f"--out: expected a .csv or .parquet file, got '{Path(path).name}'")
+    return suffix[1:]
+
+
 def write_rows(rows: pl.DataFrame, path: Path | str, entity_column: str | None = None) -> None:
     """Write replayed rows as CSV or Parquet, by the file's suffix."""
-    path = Path(path)
     out = rows if entity_column else rows.drop("entity_id")
     if entity_column and entity_column != "entity_id":
         out = out.rename({"entity_id": entity_column})
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
+    if out_format(path) == "parquet":
         out.write_parquet(path)
-    elif suffix == ".csv":
-        out.write_csv(path)
     else:
-        raise ReplayError(f"--out: expected a .csv or .parquet file, got '{path.suffix}'")
+        out.write_csv(path)
 
 
 def _ts(t: datetime) -> str:
