@@ -49,6 +49,7 @@ from pathlib import Path
 import polars as pl
 
 from indicators.definitions import Catalog
+from schemas.families import SEVERITIES
 from thresholds.evaluate import Evaluator
 from thresholds.models import Scorer
 from thresholds.rules import RuleSet
@@ -251,6 +252,7 @@ def replay(
         .sort("_row")
         .select("timestamp", "entity_id", "value", "anomaly_score", "level")
     )
+    changes.sort(key=lambda c: (c["event_ts"], c["rule_id"], c["entity_id"]))
     return ReplayResult(rows, changes, graded_id, applied)
 
 
@@ -284,12 +286,19 @@ def write_rows(rows: pl.DataFrame, path: Path | str, entity_column: str | None =
         out = out.rename({"entity_id": entity_column})
     if out_format(path) == "parquet":
         out.write_parquet(path)
-    else:
-        out.write_csv(path)
+    else:  # UTC, as RFC 3339 with Z
+        out.with_columns(pl.col("timestamp").dt.convert_time_zone("UTC")).write_csv(
+            path, datetime_format="%Y-%m-%dT%H:%M:%S%.fZ"
+        )
 
 
 def _ts(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _by_severity(levels: pl.Series) -> list[tuple[str, int]]:
+    counts = dict(levels.drop_nulls().value_counts().rows())
+    return [(s, counts[s]) for s in SEVERITIES if s in counts]
 
 
 def summary_lines(result: ReplayResult) -> list[str]:
@@ -304,10 +313,7 @@ def summary_lines(result: ReplayResult) -> list[str]:
         f"replayed {rows.height:,} rows of {result.subject} ({entities:,} "
         f"entit{'y' if entities == 1 else 'ies'}), {span}",
         f"scored   {rows['anomaly_score'].is_not_null().sum():,} rows",
-        "levels   "
-        + ", ".join(
-            f"{lvl} {n:,}" for lvl, n in rows.group_by("level").len().sort("level").rows() if lvl
-        ),
+        "levels   " + ", ".join(f"{lvl} {n:,}" for lvl, n in _by_severity(rows["level"])),
         f"rules    {', '.join(result.rules) or 'none'}",
         f"alerts opened {len(opened):,}; level changes {len(result.changes):,}",
     ]
