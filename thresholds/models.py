@@ -13,7 +13,7 @@ Kinds, cheapest first:
   exponentially weighted mean and variance per series, kept **columnar**
   (NumPy arrays indexed through one dict from entity to row), updated for a
   whole batch at once. It matches river's ``stats.EWMean``/``stats.EWVar``
-  exactly (a test checks it). The score of ``z = (x - mean) / std`` is
+  (to 1e-9 relative; a test checks it). The score of ``z = (x - mean) / std`` is
   ``2Φ(|z|) - 1`` (``both``), or the same of ``max(z, 0)`` (``above``) or of
   ``max(-z, 0)`` (``below``): 0.99 is 2.6 σ, 0.999 is 3.3 σ, 0.9999 is 3.9 σ.
   State: 8-byte mean, 8-byte variance and a 4-byte count per series plus the
