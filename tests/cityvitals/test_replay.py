@@ -192,3 +192,48 @@ def test_unknown_ids_and_options_are_refused(tmp_path, args, message):
     result = _invoke(str(path), *args)
     assert result.exit_code == 1
     assert message in result.output
+
+
+def test_a_model_over_several_features_replays_from_one_column_each():
+    from indicators.definitions import HalfSpaceTreesModel
+    from thresholds.replay import ReplayError, read_series, replay
+    from thresholds.rules import Rule
+
+    cat = load_catalog()
+    trees = HalfSpaceTreesModel(
+        id="traffic.segment.trees",
+        indicator="traffic.segment_travel_time",
+        kind="half_space_trees",
+        features=["traffic.segment_speed"],
+        window_size=10,
+        grace=20,
+        description="d",
+    )
+    cat = cat.model_copy(update={"models": [trees]})
+    rule = Rule(id="trees.odd", indicator=trees.id, direction="above", levels={"blue": 0.9})
+    rules = load_rules_with(rule)
+    rng = np.random.default_rng(4)
+    n = 80
+    travel = 70 + rng.normal(0, 3, n)
+    travel[60:] += 400
+    frame = pl.DataFrame(
+        {
+            "timestamp": [T0 + timedelta(minutes=5 * k) for k in range(n)],
+            "value": travel,
+            "traffic.segment_speed": 36 + rng.normal(0, 1, n) - np.where(travel > 200, 25, 0),
+        }
+    )
+    result = replay(read_series(frame), cat, rules, model=trees.id)
+    scores = result.rows["anomaly_score"]
+    assert scores[:20].null_count() == 20 and scores[20:].null_count() == 0
+    assert scores[60] > scores[20:60].mean()
+    with pytest.raises(ReplayError, match=r"expected a column for each, missing \['traffic"):
+        replay(read_series(frame.drop("traffic.segment_speed")), cat, rules, model=trees.id)
+
+
+def load_rules_with(rule):
+    """The packaged rules plus ``rule`` (for a model of the test's own)."""
+    from thresholds.rules import load_rules
+
+    rules = load_rules()
+    return rules.model_copy(update={"rules": [*rules.rules, rule]})
