@@ -162,7 +162,7 @@ def subset_catalog_and_rules():
     from thresholds.rules import load_rules
 
     catalog = load_catalog()
-    cut = catalog.model_copy(update={"indicators": subset(catalog)})
+    cut = catalog.model_copy(update={"indicators": subset(catalog), "models": []})
     rules = load_rules(PipelineConfig().rules)
     ids = set(cut.ids)
     return cut, rules.model_copy(update={"rules": [r for r in rules.rules if r.indicator in ids]})

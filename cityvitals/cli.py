@@ -679,6 +679,51 @@ def report(lake: Path, out: Path) -> None:
     click.echo(f"wrote {write_report(Lake(lake), out)}")
 
 
+@main.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False))
+@click.option("--indicator", help="Grade the values with this indicator's rules.")
+@click.option("--model", help="Score the values with this model and grade the scores.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Per-row output, .csv or .parquet.")
+@click.option("--entity-column", help="The column naming each row's entity (default: one series).")
+@_CATALOG_OPTION
+@_RULES_OPTION
+def replay(input_path, indicator, model, out, entity_column, catalog, rules) -> None:
+    """Backtest: the live scoring and grading over a recorded series, in event time.
+
+    INPUT is CSV or Parquet with timestamp,value (each row one window value,
+    the window ending at timestamp; naive timestamps are UTC).
+    """
+    from thresholds import replay as rp
+
+    cat, ruleset = _catalog_and_rules(catalog, rules)
+    try:
+        if out:
+            rp.out_format(out)
+        series = rp.read_series(input_path, entity_column)
+        with (
+            click.progressbar(length=series.height, label="replaying", file=sys.stderr)
+            if series.height >= rp.LONG_INPUT
+            else contextlib.nullcontext() as bar
+        ):
+            done = [0]
+
+            def progress(n: int) -> None:
+                if bar is not None:
+                    bar.update(n - done[0])
+                done[0] = n
+
+            result = rp.replay(
+                series, cat, ruleset, indicator=indicator, model=model, progress=progress
+            )
+        for line in rp.summary_lines(result):
+            click.echo(line)
+        if out:
+            rp.write_rows(result.rows, out, entity_column)
+            click.echo(f"wrote {result.rows.height:,} rows to {out}")
+    except rp.ReplayError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def run_cli() -> None:
     """Entry point: configuration errors end the start with their message."""
     try:

@@ -163,9 +163,7 @@ def validate_data(
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            loc = tuple(
-                p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))
-            )
+            loc = _data_path(data, err["loc"])
             keyed = (err.get("ctx") or {}).get("error")
             if isinstance(keyed, KeyedProblems):
                 for sub, msg in keyed.problems:
@@ -178,6 +176,27 @@ def validate_data(
     if found:
         raise ConfigError(source, [f"{_where(loc, source, lines)}: {msg}" for loc, msg in found])
     return value
+
+
+def _data_path(data: Any, loc: tuple) -> tuple:
+    """``loc`` without pydantic's own segments (validator names, union tags).
+
+    A segment is kept if the data has it at that point, or if it is the last one
+    (a missing key); the others name no key of the file.
+
+    >>> _data_path({"models": [{"kind": "a", "alpha": 0}]}, ("models", 0, "a", "alpha"))
+    ('models', 0, 'alpha')
+    """
+    kept, here = [], data
+    for i, part in enumerate(loc):
+        if isinstance(here, dict) and part in here:
+            here = here[part]
+        elif isinstance(here, list) and isinstance(part, int) and 0 <= part < len(here):
+            here = here[part]
+        elif i < len(loc) - 1 or (isinstance(part, str) and part.startswith("function-")):
+            continue
+        kept.append(part)
+    return tuple(kept)
 
 
 def _by_line(problems: list[str], source: str) -> list[str]:

@@ -49,6 +49,7 @@ from schemas.messages import (
     risk_level_messages,
 )
 from thresholds.evaluate import Evaluator
+from thresholds.models import Scorer
 from thresholds.risk import PointTracker
 from thresholds.risk_points import RiskPointSet, load_risk_points
 from thresholds.rules import RuleSet, load_rules
@@ -154,6 +155,22 @@ class _Windows(StatefulLogic[ShardItem, Closed, bytes]):
 
     def snapshot(self) -> bytes:
         return pickle.dumps(self.store, protocol=pickle.HIGHEST_PROTOCOL)  # a copy, frozen now
+
+
+class _Score(StatefulLogic[Closed, Closed, bytes]):
+    """Bytewax glue around one shard's :class:`Scorer`: model scores join the values."""
+
+    def __init__(self, scorer: Scorer) -> None:
+        self.scorer = scorer
+
+    def on_item(self, value: Closed):
+        scores = self.scorer.score(value.values)
+        if scores.height:
+            value = Closed(pl.concat([value.values, scores]), value.watermark)
+        return [value], StatefulLogic.RETAIN
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps(self.scorer, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 @dataclass(slots=True)
@@ -372,7 +389,13 @@ def build(
         "windows", sharded, lambda resume: _Windows(_restore(resume, catalog, partitions))
     )
     # (shard, Closed: indicator values of windows just closed, and the watermark)
-    graded = op.stateful_map("thresholds", values, evaluate)
+    scored = op.stateful(
+        "score",
+        values,
+        lambda resume: _Score(pickle.loads(resume) if resume else Scorer(catalog)),
+    )
+    # (shard, Closed: the same, plus one row per model score of those values)
+    graded = op.stateful_map("thresholds", scored, evaluate)
     # (shard, (values with level, [breach state changes]))
     value_tables = op.filter_map_value(
         "value_table", graded, lambda g: _arrow(g[0], INDICATOR_VALUES) if g[0].height else None

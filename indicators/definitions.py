@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -37,6 +37,7 @@ __all__ = [
     "Catalog",
     "Devices",
     "IndicatorDef",
+    "ModelDef",
     "WorkOrders",
     "load_catalog",
 ]
@@ -334,16 +335,117 @@ class WorkOrders(_Strict):
         return _us(self.expire_after)
 
 
+class _ModelBase(_Strict):
+    """What every online model declares (see :mod:`thresholds.models`).
+
+    A model's output is a derived indicator named ``id``: per entity and
+    window of ``indicator``, a score in [0, 1], unit ``score``.
+    """
+
+    id: str = Field(pattern=r"^[a-z][a-z0-9_]*\.[a-z0-9_.]+$")
+    indicator: str = Field(min_length=1)
+    description: str = Field(min_length=1)
+    #: Windows a series is learned from before it is scored.
+    grace: int = Field(default=10, ge=0, le=100_000)
+
+
+class _Freezes(_ModelBase):
+    #: While a score is at or above this, the series is not learned from, so a
+    #: long anomaly does not become the baseline; 1 learns from every value.
+    freeze_above: float = Field(default=0.99, gt=0.0, le=1.0)
+
+
+class EwmZScore(_Freezes):
+    """The default: exponentially weighted mean and variance, one z-score per value."""
+
+    kind: Literal["ewm_zscore"]
+    alpha: float = Field(default=0.1, gt=0.0, le=1.0)
+    direction: Literal["above", "below", "both"] = "both"
+    #: A floor under the standard deviation, in the indicator's unit.
+    min_std: float = Field(default=0.0, ge=0.0)
+
+
+class QuantileModel(_Freezes):
+    """Rolling quantiles (river): how far past the ``q`` quantile a value lies."""
+
+    kind: Literal["quantile"]
+    #: Scores are e / (1 + e) for e spreads past the quantile: 0.5 is one spread.
+    freeze_above: float = Field(default=0.5, gt=0.0, le=1.0)
+    q: float = Field(default=0.95, gt=0.5, lt=1.0)
+    window: int = Field(default=60, ge=10, le=100_000)
+    direction: Literal["above", "below", "both"] = "both"
+    min_spread: float = Field(default=0.0, ge=0.0)
+    max_series: int = Field(default=1_000, ge=1)
+
+
+class HalfSpaceTreesModel(_Freezes):
+    """river's HalfSpaceTrees over ``indicator`` and ``features`` of one entity and window."""
+
+    kind: Literal["half_space_trees"]
+    features: list[str] = Field(min_length=1)
+    n_trees: int = Field(default=10, ge=1, le=100)
+    height: int = Field(default=6, ge=1, le=16)
+    window_size: int = Field(default=50, ge=5, le=10_000)
+    seed: int = 0
+    max_series: int = Field(default=100, ge=1)
+
+
+class AdwinModel(_ModelBase):
+    """river's ADWIN drift detector: 1 when the series' mean shifted, fading by ``decay``."""
+
+    kind: Literal["adwin"]
+    delta: float = Field(default=0.002, gt=0.0, lt=1.0)
+    decay: float = Field(default=0.8, ge=0.0, lt=1.0)
+    max_series: int = Field(default=1_000, ge=1)
+
+
+#: One online model; ``kind`` picks its parameters.
+ModelDef = Annotated[
+    EwmZScore | QuantileModel | HalfSpaceTreesModel | AdwinModel, Field(discriminator="kind")
+]
+
+
 class Catalog(_Strict):
-    """All indicators, by id."""
+    """All indicators, by id, and the online models derived from them."""
 
     indicators: list[IndicatorDef] = Field(min_length=1)
+    models: list[ModelDef] = Field(default_factory=list)
     devices: Devices = Field(default_factory=Devices)
     workorders: WorkOrders = Field(default_factory=WorkOrders)
 
     def problems(self, context: dict) -> list[tuple[tuple, str]]:
         """Checks across entries, each reported at the entry that breaks it."""
-        return repeated_ids("indicators", self.ids)
+        found = repeated_ids("indicators", [d.id for d in self.indicators])
+        known = {d.id: d for d in self.indicators}
+        unknown = "expected an indicator of the catalogue"
+        for i, m in enumerate(self.models):
+            if m.id in known:
+                found.append((("models", i, "id"), f"got '{m.id}', expected an id of no indicator"))
+            elif m.id in [o.id for o in self.models[:i]]:
+                found.append((("models", i, "id"), f"got '{m.id}', expected a unique model id"))
+            source = known.get(m.indicator)
+            if source is None:
+                found.append((("models", i, "indicator"), f"got '{m.indicator}', {unknown}"))
+                continue
+            for j, f in enumerate(getattr(m, "features", [])):
+                other = known.get(f)
+                if other is None:
+                    found.append((("models", i, "features", j), f"got '{f}', {unknown}"))
+                elif (other.entity.type, other.window) != (source.entity.type, source.window):
+                    found.append(
+                        (
+                            ("models", i, "features", j),
+                            f"got '{f}', expected an indicator per {source.entity.type} over "
+                            f"{source.window.total_seconds():g}s like '{source.id}'",
+                        )
+                    )
+        return found
+
+    def model(self, model_id: str) -> EwmZScore | QuantileModel | HalfSpaceTreesModel | AdwinModel:
+        for m in self.models:
+            if m.id == model_id:
+                return m
+        raise KeyError(model_id)
 
     def __getitem__(self, indicator_id: str) -> IndicatorDef:
         for d in self.indicators:
@@ -353,7 +455,8 @@ class Catalog(_Strict):
 
     @property
     def ids(self) -> list[str]:
-        return [d.id for d in self.indicators]
+        """Every indicator id, the models' derived indicators included."""
+        return [d.id for d in self.indicators] + [m.id for m in self.models]
 
 
 def load_catalog(path: Path | str = DEFAULT_CATALOG) -> Catalog:
@@ -361,4 +464,11 @@ def load_catalog(path: Path | str = DEFAULT_CATALOG) -> Catalog:
     return load_model(path, Catalog)
 
 
-__all__ += ["ConfigError", "Entity"]
+__all__ += [
+    "AdwinModel",
+    "ConfigError",
+    "Entity",
+    "EwmZScore",
+    "HalfSpaceTreesModel",
+    "QuantileModel",
+]

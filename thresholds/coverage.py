@@ -47,8 +47,8 @@ class SectorCoverage:
 def coverage(catalog: Catalog, rules: RuleSet) -> list[SectorCoverage]:
     """Per sector, in catalogue order, then a ``total`` row."""
     rows: dict[str, list[int]] = {}
-    for d in catalog.indicators:
-        n = len(rules.for_indicator(d.id))
+    for ident, d in _entries(catalog):
+        n = len(rules.for_indicator(ident))
         row = rows.setdefault(d.sector, [0, 0, 0])
         row[0] += 1
         row[1] += n > 0
@@ -56,6 +56,12 @@ def coverage(catalog: Catalog, rules: RuleSet) -> list[SectorCoverage]:
     out = [SectorCoverage(s, *row) for s, row in rows.items()]
     total = [sum(getattr(r, f) for r in out) for f in ("indicators", "with_thresholds", "rules")]
     return [*out, SectorCoverage("total", *total)]
+
+
+def _entries(catalog: Catalog):
+    """``(id, definition)`` of every indicator, then each model with its source's definition."""
+    yield from ((d.id, d) for d in catalog.indicators)
+    yield from ((m.id, catalog[m.indicator]) for m in catalog.models)
 
 
 def _num(x: float) -> str:
@@ -151,19 +157,21 @@ def catalog_page(catalog: Catalog, rules: RuleSet) -> str:
             "| id | name | per | window | computed as | unit | thresholds | description |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
-        for d in catalog.indicators:
+        models = {m.id: m for m in catalog.models}
+        for ident, d in _entries(catalog):
             if d.sector != sector:
                 continue
-            thresholds = "<br>".join(f"`{r.id}`: {describe(r)}" for r in rules.for_indicator(d.id))
+            thresholds = "<br>".join(f"`{r.id}`: {describe(r)}" for r in rules.for_indicator(ident))
+            m = models.get(ident)
             cells = [
-                f"`{d.id}`",
-                f"{d.name_zh}<br>{d.name_en}",
+                f"`{ident}`",
+                f"{d.name_zh}<br>{d.name_en}" + (" (anomaly score)" if m else ""),
                 d.entity.type,
                 _span(d.window),
-                d.aggregation,
-                d.unit,
+                f"model {m.kind} of `{m.indicator}`" if m else d.aggregation,
+                "score" if m else d.unit,
                 thresholds or "**none**",
-                d.description,
+                m.description if m else d.description,
             ]
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"

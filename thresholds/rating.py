@@ -130,7 +130,7 @@ class Dimension(_Strict):
         catalog = (info.context or {}).get("catalog")
         if catalog is None:
             return v
-        if v not in catalog.ids:
+        if v not in [d.id for d in catalog.indicators]:  # a model's score is no rate
             raise ValueError(f"expected an indicator of the catalogue, '{v}' is not one")
         entity = catalog[v].entity.type
         if entity != "department":

@@ -23,13 +23,15 @@ def test_the_page_lists_every_indicator_and_every_rule():
         assert f"| `{d.id}` | {d.name_zh}<br>{d.name_en} |" in page
     for r in rules.rules:
         assert f"`{r.id}`: " in page
+    for m in cat.models:
+        assert f"| `{m.id}` |" in page and f"model {m.kind} of `{m.indicator}`" in page
 
 
 def test_coverage_counts_each_sector_and_a_total():
     cat = load_catalog()
     rows = coverage(cat, load_rules(catalog=cat))
     assert rows[-1].sector == "total"
-    assert rows[-1].indicators == len(cat.indicators)
+    assert rows[-1].indicators == len(cat.ids)  # the models' derived indicators count too
     assert {r.sector for r in rows[:-1]} == {d.sector for d in cat.indicators}
     assert sum(r.indicators for r in rows[:-1]) == rows[-1].indicators
 
