@@ -50,10 +50,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import numpy as np
 import polars as pl
 
 from schemas.families import SEVERITIES
-from thresholds.rules import Rule, RuleSet, duration_met
+from thresholds.rules import LEVELS, Rule, RuleSet, duration_met
 
 __all__ = ["Evaluator", "alert_id"]
 
@@ -113,6 +114,15 @@ class Evaluator:
         self._series: dict[str, dict[str, _Series]] = {}  # rule id -> entity -> state
         self._previous: dict[str, pl.DataFrame] = {}  # change rules: last window per entity
         self._seen: dict[str, dict[str, _Seen]] = {}  # no_data alert rules: entity -> last
+        self._gid = {r.id: i for i, r in enumerate(rules.rules)}  # rule id -> position
+        self._k = [self._by_indicator[r.indicator].index(r) for r in rules.rules]
+        self._simple = {i for i, r in enumerate(rules.rules) if _simple(r)}
+        self._no_data_alert = [
+            i for i, r in enumerate(rules.rules) if r.no_data and r.no_data.action == "alert"
+        ]
+        self._bounds = _bounds(
+            [(i, self._k[i], r) for i, r in enumerate(rules.rules) if i in self._simple]
+        )
 
     @property
     def open_alerts(self) -> int:
@@ -132,40 +142,73 @@ class Evaluator:
         if values.height == 0:
             out = values.with_columns(level=pl.lit(None, dtype=pl.String))
         else:
-            out = self._grade(values.with_row_index("_i"), now, changes)
+            out = self._grade(values, now, changes)
         if watermark is not None:
             self._silence(watermark, now, changes)
         return out, changes
 
     def _grade(self, values: pl.DataFrame, now: datetime, changes: list[dict]) -> pl.DataFrame:
-        graded: list[pl.DataFrame] = []
-        for indicator_id, rows in values.partition_by("indicator_id", as_dict=True).items():
-            level = pl.lit("normal")
-            for rule in self._by_indicator.get(indicator_id[0], []):
-                rows = self._judged(rule, rows)
-                raw = rule.level_expr(pl.col("_v"), pl.col("_variant"))
-                judged = (pl.col("samples") >= rule.min_samples) & pl.col("_v").is_not_null()
-                rows = rows.with_columns(_raw=pl.when(judged).then(raw).otherwise(None))
-                if rule.no_data is not None and rule.no_data.action == "alert":
-                    self._remember(rule, rows)
-                # Series in trouble: watched already, or in breach somewhere in this batch.
-                watched = set(self._series.get(rule.id, ()))
-                watched.update(rows.filter(pl.col("_raw") != "normal")["entity_id"].unique())
-                hot = rows.filter(pl.col("entity_id").is_in(pl.Series(list(watched)).implode()))
-                levels: dict[int, str] = {}
-                for row in hot.sort("entity_id", "window_start").iter_rows(named=True):
-                    levels[row["_i"]] = self._step(rule, row, now, changes)
-                stepped = pl.DataFrame(
-                    {"_i": list(levels), "_lvl": list(levels.values())},
-                    schema={"_i": pl.UInt32, "_lvl": pl.String},
+        """Grade every value under every rule of its indicator, in one pass.
+
+        All (value, rule) pairs are graded by one query: rules that judge the
+        value under their own bands only join a table of bounds; rules with
+        schedules or overrides, and ``change`` rules, add a plan of their own.
+        Only the series in trouble then go through :meth:`_step`, in the
+        order of the indicators' first rows, the rules' order, entity and window.
+        """
+        present = set(values["indicator_id"].unique())
+        values = values.with_row_index("_i")
+        simple = self._bounds.filter(pl.col("indicator_id").is_in(list(present)))
+        plans = [
+            values.lazy()
+            .join(simple.lazy(), on="indicator_id")
+            .with_columns(_v=pl.col("value"), _variant=pl.lit(0, dtype=pl.Int16))
+            .with_columns(_raw=_SIMPLE_RAW)
+            .select(_COLUMNS)
+        ]
+        for gid, rule in enumerate(self.rules.rules):
+            if gid in self._simple or rule.indicator not in present:
+                continue
+            rows = values.filter(pl.col("indicator_id") == rule.indicator)
+            rows = self._judged(rule, rows)
+            raw = rule.level_expr(pl.col("_v"), pl.col("_variant"))
+            judged = (pl.col("samples") >= rule.min_samples) & pl.col("_v").is_not_null()
+            plans.append(
+                rows.lazy()
+                .with_columns(
+                    _rule=pl.lit(gid, dtype=pl.Int32),
+                    _k=pl.lit(self._k[gid], dtype=pl.Int32),
+                    _raw=pl.when(judged).then(raw).otherwise(None),
                 )
-                rows = rows.join(stepped, on="_i", how="left")
-                rule_level = pl.coalesce("_lvl", pl.lit("normal"))
-                level = pl.when(_rank(rule_level) > _rank(level)).then(rule_level).otherwise(level)
-                rows = rows.with_columns(_acc=level).drop("_raw", "_lvl", "_v", "_variant")
-                level = pl.col("_acc")
-            graded.append(rows.with_columns(level=level).drop("_acc", strict=False))
-        return pl.concat(graded).sort("_i").drop("_i")
+                .select(_COLUMNS)
+            )
+        pairs = pl.concat(plans).collect()
+        for gid in self._no_data_alert:
+            if self.rules.rules[gid].indicator in present:
+                self._remember(self.rules.rules[gid], pairs.filter(pl.col("_rule") == gid))
+        # Series in trouble: watched already, or in breach somewhere in this batch.
+        trouble = (pl.col("_raw") != "normal").fill_null(False).any().over("_rule", "entity_id")
+        hot = pairs.filter(trouble)
+        watched = [(self._gid[r], e) for r, by in self._series.items() for e in by]
+        if watched:
+            keys = pl.DataFrame(
+                watched, schema={"_rule": pl.Int32, "entity_id": pl.String}, orient="row"
+            )
+            hot = pl.concat([hot, pairs.join(keys, on=["_rule", "entity_id"])]).unique(
+                ["_rule", "_i"], keep="first"
+            )
+        ranks = np.zeros(values.height, dtype=np.int64)
+        if hot.height:
+            first = values.group_by("indicator_id").agg(_ind=pl.col("_i").min())
+            hot = hot.join(first, on="indicator_id").sort(
+                "_ind", "_k", "entity_id", "window_start", maintain_order=True
+            )
+            rules = self.rules.rules
+            for row in hot.iter_rows(named=True):
+                rank = _RANK[self._step(rules[row["_rule"]], row, now, changes)]
+                if rank > ranks[row["_i"]]:
+                    ranks[row["_i"]] = rank
+        return values.drop("_i").with_columns(level=_LEVEL_NAMES.gather(ranks))
 
     def _judged(self, rule: Rule, rows: pl.DataFrame) -> pl.DataFrame:
         """Add ``_variant`` (bands in force) and ``_v`` (the value the rule judges)."""
@@ -339,6 +382,79 @@ class Evaluator:
                 "evidence": [float(v) for v in s.evidence],
             }
         )
+
+
+#: The columns of every graded (value, rule) pair.
+_COLUMNS = [
+    "_rule",
+    "_k",
+    "_i",
+    "indicator_id",
+    "sector",
+    "entity_type",
+    "entity_id",
+    "window_start",
+    "window_end",
+    "value",
+    "samples",
+    "_v",
+    "_variant",
+    "_raw",
+]
+
+_LEVEL_NAMES = pl.Series("level", SEVERITIES)
+
+
+def _simple(rule: Rule) -> bool:
+    """Whether ``rule`` judges the value itself under its own bands only."""
+    return rule.measure == "value" and not rule.schedules and not rule.overrides
+
+
+def _bounds(rules: list[tuple[int, int, Rule]]) -> pl.DataFrame:
+    """One row per ``(position, position among its indicator's rules, rule)``: its bounds.
+
+    ``_lo_L`` / ``_hi_L``: values at or below / at or above reach level ``L``
+    (null where the rule has no such level or side); see :data:`_SIMPLE_RAW`.
+
+    >>> from thresholds.rules import Rule
+    >>> r = Rule(id="hot", indicator="t", direction="above", levels={"red": 70}, min_samples=2)
+    >>> _bounds([(0, 0, r)]).select("_rule", "_min", "_lo_red", "_hi_red").rows()
+    [(0, 2, None, 70.0)]
+    """
+    cols: dict[str, list] = {"indicator_id": [], "_rule": [], "_k": [], "_min": []}
+    for name in LEVELS:
+        cols[f"_lo_{name}"], cols[f"_hi_{name}"] = [], []
+    for gid, k, rule in rules:
+        cols["indicator_id"].append(rule.indicator)
+        cols["_rule"].append(gid)
+        cols["_k"].append(k)
+        cols["_min"].append(rule.min_samples)
+        for name in LEVELS:
+            low, high = rule.span(name, rule.direction) if name in rule.levels else (None, None)
+            cols[f"_lo_{name}"].append(low)
+            cols[f"_hi_{name}"].append(high)
+    schema = {"indicator_id": pl.String, "_rule": pl.Int32, "_k": pl.Int32, "_min": pl.Int64}
+    schema |= {c: pl.Float64 for c in cols if c.startswith(("_lo_", "_hi_"))}
+    return pl.DataFrame(cols, schema=schema)
+
+
+def _simple_raw() -> pl.Expr:
+    """The raw level from a row's ``_v`` and its rule's bounds: the gravest level reached.
+
+    Null where the rule does not judge the row (too few samples, no value).
+    """
+    v = pl.col("_v")
+    raw = pl.lit("normal")
+    for name in LEVELS:  # mild to grave: the last match wins
+        hit = (v <= pl.col(f"_lo_{name}")).fill_null(False) | (
+            v >= pl.col(f"_hi_{name}")
+        ).fill_null(False)
+        raw = pl.when(hit).then(pl.lit(name)).otherwise(raw)
+    judged = (pl.col("samples") >= pl.col("_min")) & v.is_not_null()
+    return pl.when(judged).then(raw).otherwise(None)
+
+
+_SIMPLE_RAW = _simple_raw()
 
 
 def _silent_row(at: datetime, value: float) -> dict:
