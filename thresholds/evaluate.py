@@ -169,18 +169,20 @@ class Evaluator:
         for gid, rule in enumerate(self.rules.rules):
             if gid in self._simple or rule.indicator not in present:
                 continue
-            rows = values.filter(pl.col("indicator_id") == rule.indicator)
-            rows = self._judged(rule, rows)
+            if rule.measure == "value":  # bands by schedule or override: no state
+                rows = values.lazy().filter(pl.col("indicator_id") == rule.indicator)
+                rows = rows.with_columns(_variant=self._variant(rule), _v=pl.col("value"))
+            else:
+                rows = values.filter(pl.col("indicator_id") == rule.indicator)
+                rows = self._judged(rule, rows).lazy()
             raw = rule.level_expr(pl.col("_v"), pl.col("_variant"))
             judged = (pl.col("samples") >= rule.min_samples) & pl.col("_v").is_not_null()
             plans.append(
-                rows.lazy()
-                .with_columns(
+                rows.with_columns(
                     _rule=pl.lit(gid, dtype=pl.Int32),
                     _k=pl.lit(self._k[gid], dtype=pl.Int32),
                     _raw=pl.when(judged).then(raw).otherwise(None),
-                )
-                .select(_COLUMNS)
+                ).select(_COLUMNS)
             )
         pairs = pl.concat(plans).collect()
         for gid in self._no_data_alert:
@@ -210,12 +212,13 @@ class Evaluator:
                     ranks[row["_i"]] = rank
         return values.drop("_i").with_columns(level=_LEVEL_NAMES.gather(ranks))
 
+    def _variant(self, rule: Rule) -> pl.Expr:
+        """Which of ``rule``'s bands are in force for each row."""
+        return rule.variant_of(pl.col("entity_id"), pl.col("window_start"), self.rules.timezone)
+
     def _judged(self, rule: Rule, rows: pl.DataFrame) -> pl.DataFrame:
         """Add ``_variant`` (bands in force) and ``_v`` (the value the rule judges)."""
-        tz = self.rules.timezone
-        rows = rows.with_columns(
-            _variant=rule.variant_of(pl.col("entity_id"), pl.col("window_start"), tz)
-        )
+        rows = rows.with_columns(_variant=self._variant(rule))
         if rule.measure == "value":
             return rows.with_columns(_v=pl.col("value"))
         # change: the difference from the same entity's previous, adjacent window.
