@@ -57,6 +57,7 @@ def _catalog_frame(catalog: Catalog) -> pl.DataFrame:
     return pl.DataFrame(
         {
             "indicator_id": [d.id for d in catalog.indicators],
+            "_pos": list(range(len(catalog.indicators))),
             "sector": [d.sector for d in catalog.indicators],
             "entity_type": [d.entity.type for d in catalog.indicators],
             "window_us": [d.window_us for d in catalog.indicators],
@@ -65,17 +66,17 @@ def _catalog_frame(catalog: Catalog) -> pl.DataFrame:
     )
 
 
-def _values(about: pl.DataFrame, closed: list[tuple[str, pl.DataFrame]]) -> pl.DataFrame:
-    """Shape finished (entity_id, window_start, value, samples) rows as indicator values.
+def _values(about: pl.DataFrame, closed: list[pl.DataFrame]) -> pl.DataFrame:
+    """Shape finished (indicator_id, entity_id, window_start, value, samples) rows as values.
 
-    ``closed`` holds each indicator's rows, in the order they were closed;
-    ``about`` is the :func:`_catalog_frame` their definitions come from.
+    The rows come out in the catalogue's order of indicators (each
+    indicator's rows in the order they were closed); ``about`` is the
+    :func:`_catalog_frame` their definitions come from.
     """
     if not closed:
         return _empty()
-    rows = pl.concat([f for _, f in closed])  # every state closes into RAW_SCHEMA
-    ids = pl.Series("indicator_id", [i for i, f in closed for _ in range(f.height)])
-    joined = rows.with_columns(ids).join(about, on="indicator_id", maintain_order="left")
+    rows = pl.concat(closed) if len(closed) > 1 else closed[0]
+    joined = rows.join(about, on="indicator_id").sort("_pos", maintain_order=True)
     return joined.select(
         "indicator_id",
         "sector",
@@ -102,82 +103,117 @@ _MERGE = {
     "values": pl.col("values").list.explode(keep_nulls=False, empty_as_null=False),
 }
 
-#: The finished value, and the samples it rests on, of each column aggregation.
+#: The finished value of each column aggregation, and the partial columns it needs.
 _FINISH = {
-    "mean": (pl.col("sum") / pl.col("n"), pl.col("n")),
-    "max": (pl.col("max"), pl.col("n")),
-    "min": (pl.col("min"), pl.col("n")),
-    "sum": (pl.col("sum"), pl.col("n")),
-    "count": (pl.col("n").cast(pl.Float64), pl.col("n")),
+    "mean": (pl.col("sum") / pl.col("n"), ("sum", "n")),
+    "max": (pl.col("max"), ("max",)),
+    "min": (pl.col("min"), ("min",)),
+    "sum": (pl.col("sum"), ("sum",)),
+    "count": (pl.col("n").cast(pl.Float64), ("n",)),
     "p95": (
         pl.col("values").list.eval(pl.element().quantile(0.95, "linear")).list.first(),
-        pl.col("n"),
+        ("values",),
     ),
-    "ratio": (pl.col("num") / pl.col("den"), pl.col("den")),
+    "ratio": (pl.col("num") / pl.col("den"), ("num", "den")),
 }
+
+_KEYS = ("indicator_id", "entity_id", "window_start", "_end")
 
 
 class _Columns:
     """mean / max / min / sum / count / p95 over one input column, and ratio of two counts.
 
+    One state for every such indicator of the catalogue: their partials are
+    kept in one frame (``indicator_id``, ``entity_id``, ``window_start``,
+    ``_end`` = window end, and the partial columns, null where an
+    aggregation has none), so a batch is merged, closed and finished by a
+    few queries, not by a few per indicator.
+
     A ``ratio`` window whose denominator counted no row emits nothing for that
     entity: a rate of nothing is unknown, not 0. Its ``samples`` is the
-    denominator's count.
+    denominator's count; every other aggregation's is ``n``.
     """
 
-    def __init__(self, d: IndicatorDef) -> None:
-        self.d = d
+    def __init__(self, defs: list[IndicatorDef]) -> None:
+        self.defs = defs
+        self._window = {d.id: d.window_us for d in defs}
+        self._aggregation = {d.id: d.aggregation for d in defs}
         self._parts: list[pl.DataFrame] = []
-        self._first: int | None = None  # earliest open window start
+        self._first: int | None = None  # earliest end of an open window
 
-    def add(self, part: pl.DataFrame) -> None:
+    def add(self, parts: dict[str, pl.DataFrame]) -> None:
+        """Add each indicator's partials (``entity_id``, ``window_start``, its columns)."""
+        frames = [
+            p.lazy().with_columns(
+                indicator_id=pl.lit(i), _end=pl.col("window_start") + self._window[i]
+            )
+            for i, p in parts.items()
+        ]
+        if not frames:
+            return
+        part = pl.concat(frames, how="diagonal_relaxed").collect()
         self._parts.append(part)
-        first = part["window_start"].min()
+        first = part["_end"].min()
         if self._first is None or first < self._first:
             self._first = first
         if len(self._parts) >= _COMPACT_AFTER:
             self._parts = [self._merged()]
 
     def _merged(self) -> pl.DataFrame:
-        df = pl.concat(self._parts, how="vertical_relaxed")
+        df = pl.concat(self._parts, how="diagonal_relaxed")
         aggs = [_MERGE[c] for c in df.columns if c in _MERGE]
-        return df.group_by("entity_id", "window_start").agg(aggs)
+        return df.group_by(_KEYS).agg(aggs)
 
     def close(self, until_us: int | None) -> pl.DataFrame | None:
-        """Finish the windows ending at or before ``until_us`` (all of them on None)."""
+        """Finish the windows ending at or before ``until_us`` (all of them on None).
+
+        Rows: ``indicator_id``, ``entity_id``, ``window_start``, ``value``, ``samples``.
+        """
         if not self._parts:
             return None
-        if until_us is not None and self._first + self.d.window_us > until_us:
+        if until_us is not None and self._first > until_us:
             return None  # no window ends yet: skip the merge
         df = self._merged()
-        done_mask = (
-            pl.lit(True)
-            if until_us is None
-            else pl.col("window_start") + self.d.window_us <= until_us
-        )
-        done = df.filter(done_mask)
-        rest = df.filter(~done_mask)
-        self._parts = [rest] if rest.height else []
-        self._first = rest["window_start"].min() if rest.height else None
-        value, samples = _FINISH[self.d.aggregation]
-        if self.d.aggregation == "ratio":
-            done = done.filter(pl.col("den") > 0)
+        if until_us is None:
+            done, self._parts, self._first = df, [], None
+        else:
+            done = df.filter(pl.col("_end") <= until_us)
+            rest = df.filter(pl.col("_end") > until_us)
+            self._parts = [rest] if rest.height else []
+            self._first = rest["_end"].min() if rest.height else None
         if not done.height:
             return None
-        return done.select(
+        agg = pl.col("indicator_id").replace_strict(self._aggregation, return_dtype=pl.String)
+        value: pl.Expr = pl.lit(None, dtype=pl.Float64)
+        for name, (expr, needs) in _FINISH.items():
+            if all(c in done.columns for c in needs):
+                value = pl.when(agg == name).then(expr.cast(pl.Float64)).otherwise(value)
+        ratio = agg == "ratio"
+        if "den" in done.columns:
+            samples = pl.when(ratio).then(pl.col("den")).otherwise(pl.col("n"))
+            keep = ~ratio | (pl.col("den") > 0)
+        else:
+            samples, keep = pl.col("n"), pl.lit(True)
+        if "n" not in done.columns:  # only ratios
+            samples = pl.col("den")
+        out = done.filter(keep).select(
+            "indicator_id",
             "entity_id",
             "window_start",
-            value.cast(pl.Float64).alias("value"),
+            value.alias("value"),
             samples.cast(pl.Int64).alias("samples"),
         )
+        return out if out.height else None
 
 
-def _state(d: IndicatorDef, catalog: Catalog) -> _Columns | Population:
+def _population(d: IndicatorDef, catalog: Catalog) -> Population:
     if d.aggregation == "online_rate":
         return OnlineRate(d, catalog.devices)
-    if d.aggregation in LIFECYCLE:
-        return OrderLifecycle(d, catalog.workorders)
-    return _Columns(d)
+    return OrderLifecycle(d, catalog.workorders)
+
+
+def _is_population(d: IndicatorDef) -> bool:
+    return d.aggregation == "online_rate" or d.aggregation in LIFECYCLE
 
 
 class WindowStore:
@@ -186,7 +222,10 @@ class WindowStore:
     def __init__(self, catalog: Catalog, partitions: Iterable[str]) -> None:
         self.catalog = catalog
         self._marks = Watermarks(list(partitions))
-        self._state = {d.id: _state(d, catalog) for d in catalog.indicators}
+        self._columns = _Columns([d for d in catalog.indicators if not _is_population(d)])
+        self._population = {
+            d.id: _population(d, catalog) for d in catalog.indicators if _is_population(d)
+        }
         self._about = _catalog_frame(catalog)
         self._max_event_us: int | None = None
 
@@ -200,9 +239,15 @@ class WindowStore:
         return self._marks.low_us
 
     def add(self, partials: dict[str, pl.DataFrame]) -> None:
+        columns = {}
         for indicator_id, part in partials.items():
-            if part.height:
-                self._state[indicator_id].add(part)
+            if not part.height:
+                continue
+            if (state := self._population.get(indicator_id)) is not None:
+                state.add(part)
+            else:
+                columns[indicator_id] = part
+        self._columns.add(columns)
 
     def advance(
         self,
@@ -222,7 +267,7 @@ class WindowStore:
         if watermark_us is None and not ended:
             return _empty()
         until = self._marks.update(partition, watermark_us, ended)
-        return self._close(until) if until is not None else _empty()
+        return self._close(until, until) if until is not None else _empty()
 
     def flush(self) -> pl.DataFrame:
         """Close every open window at the end of input.
@@ -231,19 +276,15 @@ class WindowStore:
         the windows that the last event time completes (see ``Population``).
         """
         complete = None if self._max_event_us is None else self._max_event_us + 1_000_000
-        closed = []
-        for indicator_id, state in self._state.items():
-            until = complete if isinstance(state, Population) else None
-            if (f := state.close(until)) is not None:
-                closed.append((indicator_id, f))
-        return _values(self._about, closed)
+        return self._close(None, complete)
 
-    def _close(self, until_us: int) -> pl.DataFrame:
-        closed = [
-            (indicator_id, f)
-            for indicator_id, state in self._state.items()
-            if (f := state.close(until_us)) is not None
-        ]
+    def _close(self, until_us: int | None, population_until_us: int | None) -> pl.DataFrame:
+        closed = []
+        if (f := self._columns.close(until_us)) is not None:
+            closed.append(f)
+        for indicator_id, state in self._population.items():
+            if (f := state.close(population_until_us)) is not None:
+                closed.append(f.select(pl.lit(indicator_id).alias("indicator_id"), pl.all()))
         return _values(self._about, closed)
 
 
