@@ -31,7 +31,17 @@ import polars as pl
 
 from indicators.definitions import LIFECYCLE, Catalog, IndicatorDef
 
-__all__ = ["partial", "partials", "shard_of", "split_by_shard", "ts_us", "window_start_us"]
+__all__ = [
+    "COLUMNS",
+    "COLUMN_KINDS",
+    "kind",
+    "partial",
+    "partials",
+    "shard_of",
+    "split_by_shard",
+    "ts_us",
+    "window_start_us",
+]
 
 
 def ts_us(col: str = "ts") -> pl.Expr:
@@ -106,45 +116,116 @@ def partial(d: IndicatorDef, frame: pl.DataFrame) -> pl.DataFrame:
     return _plan(d, frame.lazy()).collect()
 
 
-def _plan(d: IndicatorDef, frame: pl.LazyFrame) -> pl.LazyFrame:
-    rows = _selected(d, frame)
-    keys = ["entity_id", "window_start"]
-    if d.aggregation in LIFECYCLE:
-        return rows
-    if d.aggregation == "ratio":
-        return rows.group_by(keys).agg(
-            pl.col("num").sum().cast(pl.Int64), pl.col("den").sum().cast(pl.Int64)
-        )
-    if d.aggregation == "online_rate":  # each device's last heartbeat in the window
-        return rows.group_by(*keys, pl.col("v").alias("device")).agg(
-            pl.col("t").max(), pl.col("device_type").last()
-        )
+def _aggs(kind: str) -> list[pl.Expr]:
+    """The partial columns of a kind of column aggregation (see :func:`kind`)."""
+    if kind == "ratio":
+        return [pl.col("num").sum().cast(pl.Int64), pl.col("den").sum().cast(pl.Int64)]
     aggs = [
         pl.len().cast(pl.Int64).alias("n"),
         pl.col("v").sum().alias("sum"),
         pl.col("v").min().alias("min"),
         pl.col("v").max().alias("max"),
     ]
-    if d.aggregation == "p95":
+    if kind == "p95":
         aggs.append(pl.col("v").alias("values"))
-    return rows.group_by(keys).agg(aggs)
+    return aggs
+
+
+def kind(d: IndicatorDef) -> str:
+    """How an indicator's partials look.
+
+    ``columns`` (mean, max, min, sum, count: ``n``, ``sum``, ``min``,
+    ``max``), ``p95`` (those and the ``values``), ``ratio`` (``num``,
+    ``den``); the population indicators keep their own: ``online_rate``
+    (each device's last heartbeat) and ``lifecycle`` (one row per change).
+
+    >>> from indicators.definitions import load_catalog
+    >>> cat = load_catalog()
+    >>> kind(cat["fire.temperature"]), kind(cat["workorder.closure_rate"])
+    ('columns', 'ratio')
+    """
+    if d.aggregation in LIFECYCLE:
+        return "lifecycle"
+    if d.aggregation in ("online_rate", "ratio", "p95"):
+        return d.aggregation
+    return "columns"
+
+
+#: The kinds of indicators whose partials merge column by column.
+COLUMN_KINDS = ("columns", "p95", "ratio")
+
+#: The key of :func:`partials`' frame of every column indicator's partials.
+COLUMNS = "*columns"
+
+
+def _plan(d: IndicatorDef, frame: pl.LazyFrame) -> pl.LazyFrame:
+    rows = _selected(d, frame)
+    keys = ["entity_id", "window_start"]
+    if d.aggregation in LIFECYCLE:
+        return rows
+    if d.aggregation == "online_rate":  # each device's last heartbeat in the window
+        return rows.group_by(*keys, pl.col("v").alias("device")).agg(
+            pl.col("t").max(), pl.col("device_type").last()
+        )
+    return rows.group_by(keys).agg(_aggs(kind(d)))
 
 
 def partials(catalog: Catalog, frames: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
     """Partials of every indicator whose family is in ``frames`` and has rows.
 
-    All of them are planned first and computed in one ``collect_all``, which
-    runs them side by side: with tens of indicators per family, per-call
-    overhead is much of the cost.
+    The column indicators' partials come as one frame, under the key
+    :data:`COLUMNS`, with their ``indicator_id`` and window end (``_end``):
+    the rows of all of them are stacked and aggregated by one ``group_by``
+    per :func:`kind`. The population indicators' come one frame per
+    indicator. Everything is planned first and computed in one
+    ``collect_all``: with tens of indicators per family, per-call overhead
+    is much of the cost.
+
+    >>> from datetime import datetime, UTC
+    >>> from indicators.definitions import load_catalog
+    >>> cat = load_catalog()
+    >>> f = pl.DataFrame({"ts": [datetime(2026, 5, 12, 6, 0, s, tzinfo=UTC) for s in (1, 2)],
+    ...                   "metric": ["temperature"] * 2, "site_id": ["f1"] * 2,
+    ...                   "grid_id": ["g1"] * 2, "value": [20.0, 24.0],
+    ...                   "capacity": [None, None]})
+    >>> p = partials(cat, {"reading": f})[COLUMNS]
+    >>> p.filter(pl.col("indicator_id") == "fire.temperature").select("entity_id", "max").rows()
+    [('f1', 24.0)]
     """
     lazy = {name: frame.lazy() for name, frame in frames.items() if frame.height}
     ids, plans = [], []
+    stacked: dict[str, list[pl.LazyFrame]] = {k: [] for k in COLUMN_KINDS}
     for d in catalog.indicators:
-        if d.family in lazy:
+        if d.family not in lazy:
+            continue
+        k = kind(d)
+        if k in stacked:
+            rows = _selected(d, lazy[d.family])
+            stacked[k].append(
+                rows.select(
+                    pl.lit(d.id).alias("indicator_id"),
+                    "entity_id",
+                    "window_start",
+                    (pl.col("window_start") + d.window_us).alias("_end"),
+                    *(("num", "den") if k == "ratio" else ("v",)),
+                )
+            )
+        else:
             ids.append(d.id)
             plans.append(_plan(d, lazy[d.family]))
+    kinds = [k for k, rows in stacked.items() if rows]
+    plans += [
+        pl.concat(stacked[k])
+        .group_by("indicator_id", "entity_id", "window_start", "_end")
+        .agg(_aggs(k))
+        for k in kinds
+    ]
     done = pl.collect_all(plans)
-    return {i: p for i, p in zip(ids, done, strict=True) if p.height}
+    out = {i: p for i, p in zip(ids, done[: len(ids)], strict=True) if p.height}
+    columns = [p for p in done[len(ids) :] if p.height]
+    if columns:
+        out[COLUMNS] = pl.concat(columns, how="diagonal_relaxed")
+    return out
 
 
 def shard_of(entity_id: pl.Expr, shards: int) -> pl.Expr:

@@ -38,7 +38,8 @@ from collections.abc import Iterable
 
 import polars as pl
 
-from indicators.definitions import LIFECYCLE, Catalog, IndicatorDef
+from indicators.aggregate import COLUMN_KINDS, COLUMNS, kind
+from indicators.definitions import Catalog, IndicatorDef
 from indicators.lifecycle import OrderLifecycle
 from indicators.population import OnlineRate, Population
 from indicators.watermark import Watermarks
@@ -141,17 +142,19 @@ class _Columns:
         self._parts: list[pl.DataFrame] = []
         self._first: int | None = None  # earliest end of an open window
 
-    def add(self, parts: dict[str, pl.DataFrame]) -> None:
-        """Add each indicator's partials (``entity_id``, ``window_start``, its columns)."""
+    def tagged(self, parts: dict[str, pl.DataFrame]) -> pl.DataFrame | None:
+        """Each indicator's partials (``entity_id``, ``window_start``, its columns) as one
+        frame, the form :meth:`add` takes (see :data:`indicators.aggregate.COLUMNS`)."""
         frames = [
             p.lazy().with_columns(
                 indicator_id=pl.lit(i), _end=pl.col("window_start") + self._window[i]
             )
             for i, p in parts.items()
         ]
-        if not frames:
-            return
-        part = pl.concat(frames, how="diagonal_relaxed").collect()
+        return pl.concat(frames, how="diagonal_relaxed").collect() if frames else None
+
+    def add(self, part: pl.DataFrame) -> None:
+        """Add partials of any column indicators, tagged with ``indicator_id`` and ``_end``."""
         self._parts.append(part)
         first = part["_end"].min()
         if self._first is None or first < self._first:
@@ -213,7 +216,7 @@ def _population(d: IndicatorDef, catalog: Catalog) -> Population:
 
 
 def _is_population(d: IndicatorDef) -> bool:
-    return d.aggregation == "online_rate" or d.aggregation in LIFECYCLE
+    return kind(d) not in COLUMN_KINDS
 
 
 class WindowStore:
@@ -239,15 +242,20 @@ class WindowStore:
         return self._marks.low_us
 
     def add(self, partials: dict[str, pl.DataFrame]) -> None:
+        """Add a batch's partials: per indicator, or (see
+        :func:`indicators.aggregate.partials`) all column indicators' under ``COLUMNS``."""
         columns = {}
         for indicator_id, part in partials.items():
             if not part.height:
                 continue
-            if (state := self._population.get(indicator_id)) is not None:
+            if indicator_id == COLUMNS:
+                self._columns.add(part)
+            elif (state := self._population.get(indicator_id)) is not None:
                 state.add(part)
             else:
                 columns[indicator_id] = part
-        self._columns.add(columns)
+        if (tagged := self._columns.tagged(columns)) is not None:
+            self._columns.add(tagged)
 
     def advance(
         self,
