@@ -258,12 +258,14 @@ class Decoder:
                 )
                 df = df.with_columns(_ts=pl.coalesce(pl.col("_ts"), slow))
             df = df.with_columns(_now=pl.lit(self.now(), dtype=pl.Datetime("us", "UTC")))
-            df = df.with_columns(_reason=self._reason, _detail=self._detail)
+            # The detail (text, per case) only for the rare rows with a reason.
+            df = df.with_columns(_reason=self._reason, _detail=pl.lit(None, dtype=pl.String))
             df = _confirm_nested(df, batch.lines)
             rejected = df.filter(pl.col("_reason").is_not_null())
             if rejected.height:
+                detail = pl.coalesce("_detail", self._detail)  # a mistyped field's, or the case's
                 dead_rows = pl.concat(
-                    [dead_rows, rejected.select("_row", reason="_reason", detail="_detail")]
+                    [dead_rows, rejected.select("_row", reason="_reason", detail=detail)]
                 )
             ok = df.filter(pl.col("_reason").is_null())
             if ok.height:
