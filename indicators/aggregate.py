@@ -56,8 +56,7 @@ def window_start_us(window_us: int, col: str = "ts") -> pl.Expr:
 
 
 def _entity(d: IndicatorDef) -> pl.Expr:
-    cols = [pl.col(c).cast(pl.String) for c in d.entity.by]
-    return (cols[0] if len(cols) == 1 else pl.concat_str(cols, separator="/")).alias("entity_id")
+    return _entity_of(tuple(d.entity.by)).alias("entity_id")
 
 
 def _matches(filter_: dict[str, str]) -> pl.Expr:
@@ -158,6 +157,72 @@ COLUMN_KINDS = ("columns", "p95", "ratio")
 COLUMNS = "*columns"
 
 
+def _joinable(d: IndicatorDef) -> bool:
+    """Whether ``d``'s rows can be picked by :func:`_by_join`: a numeric column
+    aggregation of the rows where one column has one value."""
+    return kind(d) in ("columns", "p95") and d.aggregation != "count" and len(d.where) == 1
+
+
+def _by_join(defs: list[IndicatorDef], frame: pl.LazyFrame) -> pl.LazyFrame:
+    """The rows of several indicators that pick rows by the same column and read the
+    same field, stacked by one join with a table of their choices.
+
+    Each row of ``frame`` meets every indicator whose filter value it has; the
+    entity, value and window are then chosen per indicator from the table.
+    Same rows as :func:`_selected` of each, tagged as :func:`partials` stacks them.
+    """
+    (key,) = defs[0].where
+    field = defs[0].field
+    bys = list(dict.fromkeys(tuple(d.entity.by) for d in defs))
+    divs = list(dict.fromkeys(d.divide_by for d in defs))
+    table = pl.DataFrame(
+        {
+            key: [d.where[key] for d in defs],
+            "indicator_id": [d.id for d in defs],
+            "_w": [d.window_us for d in defs],
+            "_by": [bys.index(tuple(d.entity.by)) for d in defs],
+            "_div": [divs.index(d.divide_by) for d in defs],
+        },
+        schema_overrides={"_w": pl.Int64, "_by": pl.Int32, "_div": pl.Int32},
+    )
+    entity = _choice("_by", [_entity_of(by) for by in bys])
+    raw = pl.col(field).cast(pl.Float64)
+    value = _choice("_div", [raw if div is None else raw / pl.col(div) for div in divs])
+    t = ts_us()
+    start = t - t % pl.col("_w")
+    return (
+        frame.join(table.lazy(), left_on=pl.col(key).cast(pl.String), right_on=key)
+        .select(
+            "indicator_id",
+            entity.alias("entity_id"),
+            start.alias("window_start"),
+            "_w",
+            value.alias("v"),
+        )
+        .filter(pl.col("v").is_not_null() & pl.col("v").is_finite())
+        .select(
+            "indicator_id",
+            "entity_id",
+            "window_start",
+            (pl.col("window_start") + pl.col("_w")).alias("_end"),
+            "v",
+        )
+    )
+
+
+def _choice(col: str, options: list[pl.Expr]) -> pl.Expr:
+    """``options[i]`` where column ``col`` is ``i``."""
+    expr = options[-1]
+    for i, option in reversed(list(enumerate(options[:-1]))):
+        expr = pl.when(pl.col(col) == i).then(option).otherwise(expr)
+    return expr
+
+
+def _entity_of(by: tuple[str, ...]) -> pl.Expr:
+    cols = [pl.col(c).cast(pl.String) for c in by]
+    return cols[0] if len(cols) == 1 else pl.concat_str(cols, separator="/")
+
+
 def _plan(d: IndicatorDef, frame: pl.LazyFrame) -> pl.LazyFrame:
     rows = _selected(d, frame)
     keys = ["entity_id", "window_start"]
@@ -195,11 +260,16 @@ def partials(catalog: Catalog, frames: dict[str, pl.DataFrame]) -> dict[str, pl.
     lazy = {name: frame.lazy() for name, frame in frames.items() if frame.height}
     ids, plans = [], []
     stacked: dict[str, list[pl.LazyFrame]] = {k: [] for k in COLUMN_KINDS}
+    joined: dict[tuple, list[IndicatorDef]] = {}
+    shared: dict[tuple, int] = {}  # the plan of each kind of population rows
+    which: list[int] = []  # the plan of each of ``ids``
     for d in catalog.indicators:
         if d.family not in lazy:
             continue
         k = kind(d)
-        if k in stacked:
+        if _joinable(d):
+            joined.setdefault((d.family, *d.where, d.field, k), []).append(d)
+        elif k in stacked:
             rows = _selected(d, lazy[d.family])
             stacked[k].append(
                 rows.select(
@@ -210,9 +280,15 @@ def partials(catalog: Catalog, frames: dict[str, pl.DataFrame]) -> dict[str, pl.
                     *(("num", "den") if k == "ratio" else ("v",)),
                 )
             )
-        else:
+        else:  # lifecycle rows are the same for every indicator that picks them alike
             ids.append(d.id)
-            plans.append(_plan(d, lazy[d.family]))
+            same = (d.family, *sorted(d.where.items()), *d.entity.by, d.window_us, d.field, k)
+            if same not in shared:
+                shared[same] = len(plans)
+                plans.append(_plan(d, lazy[d.family]))
+            which.append(shared[same])
+    for (family, *_, k), defs in joined.items():
+        stacked[k].append(_by_join(defs, lazy[family]))
     kinds = [k for k, rows in stacked.items() if rows]
     plans += [
         pl.concat(stacked[k])
@@ -221,8 +297,8 @@ def partials(catalog: Catalog, frames: dict[str, pl.DataFrame]) -> dict[str, pl.
         for k in kinds
     ]
     done = pl.collect_all(plans)
-    out = {i: p for i, p in zip(ids, done[: len(ids)], strict=True) if p.height}
-    columns = [p for p in done[len(ids) :] if p.height]
+    out = {i: done[w] for i, w in zip(ids, which, strict=True) if done[w].height}
+    columns = [p for p in done[len(shared) :] if p.height]
     if columns:
         out[COLUMNS] = pl.concat(columns, how="diagonal_relaxed")
     return out
