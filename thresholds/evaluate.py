@@ -120,6 +120,10 @@ class Evaluator:
         self._no_data_alert = [
             i for i, r in enumerate(rules.rules) if r.no_data and r.no_data.action == "alert"
         ]
+        # Built once: expressions of the rules the table of bounds does not serve.
+        self._exprs = {
+            i: self._graded(r) for i, r in enumerate(rules.rules) if i not in self._simple
+        }
         self._bounds = _bounds(
             [(i, self._k[i], r) for i, r in enumerate(rules.rules) if i in self._simple]
         )
@@ -157,79 +161,84 @@ class Evaluator:
         order of the indicators' first rows, the rules' order, entity and window.
         """
         present = set(values["indicator_id"].unique())
-        values = values.with_row_index("_i")
+        rows = values.lazy().with_row_index("_i")
+        # The indicators' order of first rows: the order the series are stepped in.
+        rows = rows.with_columns(_ind=pl.col("_i").min().over("indicator_id"))
         simple = self._bounds.filter(pl.col("indicator_id").is_in(list(present)))
         plans = [
-            values.lazy()
-            .join(simple.lazy(), on="indicator_id")
+            rows.join(simple.lazy(), on="indicator_id")
             .with_columns(_v=pl.col("value"), _variant=pl.lit(0, dtype=pl.Int16))
             .with_columns(_raw=_SIMPLE_RAW)
             .select(_COLUMNS)
         ]
+        lasts: dict[str, pl.LazyFrame] = {}  # change rules: each entity's last window
         for gid, rule in enumerate(self.rules.rules):
             if gid in self._simple or rule.indicator not in present:
                 continue
+            variant, raw = self._exprs[gid]
+            mine = rows.filter(pl.col("indicator_id") == rule.indicator)
+            mine = mine.with_columns(_variant=variant)
             if rule.measure == "value":  # bands by schedule or override: no state
-                rows = values.lazy().filter(pl.col("indicator_id") == rule.indicator)
-                rows = rows.with_columns(_variant=self._variant(rule), _v=pl.col("value"))
+                mine = mine.with_columns(_v=pl.col("value"))
             else:
-                rows = values.filter(pl.col("indicator_id") == rule.indicator)
-                rows = self._judged(rule, rows).lazy()
-            raw = rule.level_expr(pl.col("_v"), pl.col("_variant"))
-            judged = (pl.col("samples") >= rule.min_samples) & pl.col("_v").is_not_null()
+                mine, lasts[rule.id] = self._changes(rule, mine)
             plans.append(
-                rows.with_columns(
+                mine.with_columns(
                     _rule=pl.lit(gid, dtype=pl.Int32),
                     _k=pl.lit(self._k[gid], dtype=pl.Int32),
-                    _raw=pl.when(judged).then(raw).otherwise(None),
+                    _raw=raw,
                 ).select(_COLUMNS)
             )
-        pairs = pl.concat(plans).collect()
-        for gid in self._no_data_alert:
-            if self.rules.rules[gid].indicator in present:
-                self._remember(self.rules.rules[gid], pairs.filter(pl.col("_rule") == gid))
+        pairs = pl.concat(plans)
         # Series in trouble: watched already, or in breach somewhere in this batch.
         trouble = (pl.col("_raw") != "normal").fill_null(False).any().over("_rule", "entity_id")
-        hot = pairs.filter(trouble)
         watched = [(self._gid[r], e) for r, by in self._series.items() for e in by]
         if watched:
             keys = pl.DataFrame(
                 watched, schema={"_rule": pl.Int32, "entity_id": pl.String}, orient="row"
-            )
-            hot = pl.concat([hot, pairs.join(keys, on=["_rule", "entity_id"])]).unique(
-                ["_rule", "_i"], keep="first"
-            )
+            ).with_columns(_watched=pl.lit(True))
+            pairs = pairs.join(keys.lazy(), on=["_rule", "entity_id"], how="left")
+            trouble = trouble | pl.col("_watched").fill_null(False)
+        pairs, *kept = pl.collect_all(
+            [pairs.with_columns(_hot=trouble), *lasts.values()], engine="in-memory"
+        )
+        self._previous.update(zip(lasts, kept, strict=True))
+        for g in self._no_data_alert:
+            if self.rules.rules[g].indicator in present:
+                self._remember(self.rules.rules[g], pairs.filter(pl.col("_rule") == g))
+        hot = pairs.filter("_hot").sort("_ind", "_k", "entity_id", "window_start")
         ranks = np.zeros(values.height, dtype=np.int64)
-        if hot.height:
-            first = values.group_by("indicator_id").agg(_ind=pl.col("_i").min())
-            hot = hot.join(first, on="indicator_id").sort(
-                "_ind", "_k", "entity_id", "window_start", maintain_order=True
-            )
-            rules = self.rules.rules
-            for row in hot.iter_rows(named=True):
-                rank = _RANK[self._step(rules[row["_rule"]], row, now, changes)]
-                if rank > ranks[row["_i"]]:
-                    ranks[row["_i"]] = rank
-        return values.drop("_i").with_columns(level=_LEVEL_NAMES.gather(ranks))
+        rules = self.rules.rules
+        for row in hot.iter_rows(named=True):
+            rank = _RANK[self._step(rules[row["_rule"]], row, now, changes)]
+            if rank > ranks[row["_i"]]:
+                ranks[row["_i"]] = rank
+        return values.with_columns(level=_LEVEL_NAMES.gather(ranks))
 
-    def _variant(self, rule: Rule) -> pl.Expr:
-        """Which of ``rule``'s bands are in force for each row."""
-        return rule.variant_of(pl.col("entity_id"), pl.col("window_start"), self.rules.timezone)
+    def _graded(self, rule: Rule) -> tuple[pl.Expr, pl.Expr]:
+        """``rule``'s expressions of the bands in force for each row (``_variant``), and of
+        the raw level of its ``_v`` under them (``_raw``, null where it is not judged)."""
+        tz = self.rules.timezone
+        variant = rule.variant_of(pl.col("entity_id"), pl.col("window_start"), tz)
+        raw = rule.level_expr(pl.col("_v"), pl.col("_variant"))
+        judged = (pl.col("samples") >= rule.min_samples) & pl.col("_v").is_not_null()
+        return variant, pl.when(judged).then(raw).otherwise(None)
 
-    def _judged(self, rule: Rule, rows: pl.DataFrame) -> pl.DataFrame:
-        """Add ``_variant`` (bands in force) and ``_v`` (the value the rule judges)."""
-        rows = rows.with_columns(_variant=self._variant(rule))
-        if rule.measure == "value":
-            return rows.with_columns(_v=pl.col("value"))
-        # change: the difference from the same entity's previous, adjacent window.
+    def _changes(self, rule: Rule, rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+        """Add ``_v``, the difference from the same entity's previous, adjacent window.
+
+        Also returns the plan of what to keep: each entity's last window.
+        """
         cols = ["entity_id", "window_start", "window_end", "value"]
         now = rows.select("_i", *cols)
         stored = self._previous.get(rule.id)
         if stored is not None:
-            before = stored.filter(
-                pl.col("entity_id").is_in(now["entity_id"].unique().implode())
-            ).with_columns(_i=pl.lit(None, dtype=pl.UInt32))
-            now = pl.concat([before.select(now.columns), now])
+            before = (
+                stored.lazy()
+                .join(now.select("entity_id").unique(), on="entity_id", how="semi")
+                .with_columns(_i=pl.lit(None, dtype=pl.UInt32))
+            )
+            now = pl.concat([before.select("_i", *cols), now])
         now = now.sort("entity_id", "window_start").with_columns(
             _v=pl.when(pl.col("window_end").shift(1).over("entity_id") == pl.col("window_start"))
             .then(pl.col("value") - pl.col("value").shift(1).over("entity_id"))
@@ -237,11 +246,10 @@ class Evaluator:
         )
         last = now.group_by("entity_id").agg(pl.all().exclude("_i", "_v").last()).select(cols)
         if stored is not None:  # entities without a value in this batch keep theirs
-            last = pl.concat(
-                [stored.filter(~pl.col("entity_id").is_in(last["entity_id"].implode())), last]
-            )
-        self._previous[rule.id] = last
-        return rows.join(now.filter(pl.col("_i").is_not_null()).select("_i", "_v"), on="_i")
+            kept = stored.lazy().join(last.select("entity_id"), on="entity_id", how="anti")
+            last = pl.concat([kept, last])
+        judged = rows.join(now.filter(pl.col("_i").is_not_null()).select("_i", "_v"), on="_i")
+        return judged, last
 
     def _remember(self, rule: Rule, rows: pl.DataFrame) -> None:
         """Note each entity's latest window, so its silence can be noticed."""
@@ -392,6 +400,7 @@ _COLUMNS = [
     "_rule",
     "_k",
     "_i",
+    "_ind",
     "indicator_id",
     "sector",
     "entity_type",
@@ -406,6 +415,9 @@ _COLUMNS = [
 ]
 
 _LEVEL_NAMES = pl.Series("level", SEVERITIES)
+
+#: Small frames: planning costs more than it saves.
+_QUICK = pl.QueryOptFlags(comm_subexpr_elim=False, comm_subplan_elim=False)
 
 
 def _simple(rule: Rule) -> bool:
