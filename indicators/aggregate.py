@@ -34,6 +34,7 @@ from indicators.definitions import LIFECYCLE, Catalog, IndicatorDef
 __all__ = [
     "COLUMNS",
     "COLUMN_KINDS",
+    "ENGINE",
     "kind",
     "partial",
     "partials",
@@ -112,7 +113,7 @@ def partial(d: IndicatorDef, frame: pl.DataFrame) -> pl.DataFrame:
     >>> partial(d, f).select("entity_id", "num", "den").rows()
     [('D1', 1, 2)]
     """
-    return _plan(d, frame.lazy()).collect()
+    return _plan(d, frame.lazy()).collect(engine=ENGINE)
 
 
 def _aggs(kind: str) -> list[pl.Expr]:
@@ -149,6 +150,10 @@ def kind(d: IndicatorDef) -> str:
         return d.aggregation
     return "columns"
 
+
+#: The Polars engine of the hot path's queries. Batches are small, and the in-memory
+#: engine runs a small query about twice as fast as the streaming one (Polars 2's default).
+ENGINE = "in-memory"
 
 #: The kinds of indicators whose partials merge column by column.
 COLUMN_KINDS = ("columns", "p95", "ratio")
@@ -296,7 +301,7 @@ def partials(catalog: Catalog, frames: dict[str, pl.DataFrame]) -> dict[str, pl.
         .agg(_aggs(k))
         for k in kinds
     ]
-    done = pl.collect_all(plans)
+    done = pl.collect_all(plans, engine=ENGINE)
     out = {i: done[w] for i, w in zip(ids, which, strict=True) if done[w].height}
     columns = [p for p in done[len(shared) :] if p.height]
     if columns:
@@ -327,7 +332,9 @@ def split_by_shard(
     def tag(name: str) -> pl.Expr:
         return shard_of(pl.col(keys.get(name, "entity_id")), shards).alias("_shard")
 
-    tagged = pl.collect_all([frame.lazy().with_columns(tag(n)) for n, frame in parts.items()])
+    tagged = pl.collect_all(
+        [frame.lazy().with_columns(tag(n)) for n, frame in parts.items()], engine=ENGINE
+    )
     for indicator_id, frame in zip(parts, tagged, strict=True):
         for (shard,), piece in frame.partition_by(
             "_shard", as_dict=True, include_key=False

@@ -38,7 +38,7 @@ from collections.abc import Iterable
 
 import polars as pl
 
-from indicators.aggregate import COLUMN_KINDS, COLUMNS, kind
+from indicators.aggregate import COLUMN_KINDS, COLUMNS, ENGINE, kind
 from indicators.definitions import Catalog, IndicatorDef
 from indicators.lifecycle import OrderLifecycle
 from indicators.population import OnlineRate, Population
@@ -151,7 +151,7 @@ class _Columns:
             )
             for i, p in parts.items()
         ]
-        return pl.concat(frames, how="diagonal_relaxed").collect() if frames else None
+        return pl.concat(frames, how="diagonal_relaxed").collect(engine=ENGINE) if frames else None
 
     def add(self, part: pl.DataFrame) -> None:
         """Add partials of any column indicators, tagged with ``indicator_id`` and ``_end``."""

@@ -53,6 +53,7 @@ from datetime import datetime
 import numpy as np
 import polars as pl
 
+from indicators.aggregate import ENGINE
 from schemas.families import SEVERITIES
 from thresholds.rules import LEVELS, Rule, RuleSet, duration_met
 
@@ -200,7 +201,7 @@ class Evaluator:
             pairs = pairs.join(keys.lazy(), on=["_rule", "entity_id"], how="left")
             trouble = trouble | pl.col("_watched").fill_null(False)
         pairs, *kept = pl.collect_all(
-            [pairs.with_columns(_hot=trouble), *lasts.values()], engine="in-memory"
+            [pairs.with_columns(_hot=trouble), *lasts.values()], engine=ENGINE
         )
         self._previous.update(zip(lasts, kept, strict=True))
         for g in self._no_data_alert:
@@ -415,9 +416,6 @@ _COLUMNS = [
 ]
 
 _LEVEL_NAMES = pl.Series("level", SEVERITIES)
-
-#: Small frames: planning costs more than it saves.
-_QUICK = pl.QueryOptFlags(comm_subexpr_elim=False, comm_subplan_elim=False)
 
 
 def _simple(rule: Rule) -> bool:
