@@ -27,6 +27,8 @@ tumbling and aligned to the epoch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import polars as pl
 
 from indicators.definitions import LIFECYCLE, Catalog, IndicatorDef
@@ -35,6 +37,7 @@ __all__ = [
     "COLUMNS",
     "COLUMN_KINDS",
     "ENGINE",
+    "Aggregator",
     "kind",
     "partial",
     "partials",
@@ -65,37 +68,49 @@ def _matches(filter_: dict[str, str]) -> pl.Expr:
     return pl.all_horizontal([pl.col(k) == v for k, v in filter_.items()]).fill_null(False)
 
 
-def _selected(d: IndicatorDef, frame: pl.LazyFrame) -> pl.LazyFrame:
-    if d.where:
-        frame = frame.filter(_matches(d.where))
+def _selection(d: IndicatorDef) -> tuple[pl.Expr, list[pl.Expr]]:
+    """Which rows of its family ``d`` reads, and the columns it reads from them."""
+    cond = _matches(d.where) if d.where else pl.lit(True)
     if d.aggregation in LIFECYCLE:
         # Per-order events stay rows: the order state machine needs each one.
-        return frame.filter(pl.col(d.field).is_not_null()).select(
+        return cond & pl.col(d.field).is_not_null(), [
             _entity(d),
             window_start_us(d.window_us),
             pl.col(d.field).alias("order_id"),
-            "status",
-            "event_class",
+            pl.col("status"),
+            pl.col("event_class"),
             ts_us().alias("t"),
-        )
+        ]
     if d.aggregation == "ratio":
         num, den = _matches(d.numerator), _matches(d.denominator)
-        return frame.filter(pl.col(d.field).is_not_null() & (num | den)).select(
-            _entity(d), window_start_us(d.window_us), num.alias("num"), den.alias("den")
-        )
+        return cond & pl.col(d.field).is_not_null() & (num | den), [
+            _entity(d),
+            window_start_us(d.window_us),
+            num.alias("num"),
+            den.alias("den"),
+        ]
     value = pl.col(d.field)
     if d.aggregation == "count":  # counts rows that have the field, whatever its type
-        frame = frame.filter(value.is_not_null())
+        cond = cond & value.is_not_null()
         value = pl.lit(1.0)
     elif d.aggregation != "online_rate":
         value = value.cast(pl.Float64)
         if d.divide_by:
             value = value / pl.col(d.divide_by)
-        frame = frame.filter(value.is_not_null() & value.is_finite())
+        cond = cond & value.is_not_null() & value.is_finite()
     extra = [pl.col("device_type")] if d.aggregation == "online_rate" else []
-    return frame.select(
-        _entity(d), window_start_us(d.window_us), value.alias("v"), ts_us().alias("t"), *extra
-    )
+    return cond, [
+        _entity(d),
+        window_start_us(d.window_us),
+        value.alias("v"),
+        ts_us().alias("t"),
+        *extra,
+    ]
+
+
+def _selected(d: IndicatorDef, frame: pl.LazyFrame) -> pl.LazyFrame:
+    cond, columns = _selection(d)
+    return frame.filter(cond).select(columns)
 
 
 def partial(d: IndicatorDef, frame: pl.DataFrame) -> pl.DataFrame:
@@ -168,11 +183,11 @@ def _joinable(d: IndicatorDef) -> bool:
     return kind(d) in ("columns", "p95") and d.aggregation != "count" and len(d.where) == 1
 
 
-def _by_join(defs: list[IndicatorDef], frame: pl.LazyFrame) -> pl.LazyFrame:
+def _by_join(defs: list[IndicatorDef]) -> Callable[[pl.LazyFrame], pl.LazyFrame]:
     """The rows of several indicators that pick rows by the same column and read the
     same field, stacked by one join with a table of their choices.
 
-    Each row of ``frame`` meets every indicator whose filter value it has; the
+    Each row of the family meets every indicator whose filter value it has; the
     entity, value and window are then chosen per indicator from the table.
     Same rows as :func:`_selected` of each, tagged as :func:`partials` stacks them.
     """
@@ -189,30 +204,55 @@ def _by_join(defs: list[IndicatorDef], frame: pl.LazyFrame) -> pl.LazyFrame:
             "_div": [divs.index(d.divide_by) for d in defs],
         },
         schema_overrides={"_w": pl.Int64, "_by": pl.Int32, "_div": pl.Int32},
-    )
+    ).lazy()
     entity = _choice("_by", [_entity_of(by) for by in bys])
     raw = pl.col(field).cast(pl.Float64)
     value = _choice("_div", [raw if div is None else raw / pl.col(div) for div in divs])
     t = ts_us()
     start = t - t % pl.col("_w")
-    return (
-        frame.join(table.lazy(), left_on=pl.col(key).cast(pl.String), right_on=key)
-        .select(
-            "indicator_id",
-            entity.alias("entity_id"),
-            start.alias("window_start"),
-            "_w",
-            value.alias("v"),
+    picked = [
+        pl.col("indicator_id"),
+        entity.alias("entity_id"),
+        start.alias("window_start"),
+        pl.col("_w"),
+        value.alias("v"),
+    ]
+    usable = pl.col("v").is_not_null() & pl.col("v").is_finite()
+    tagged = [*_TAGGED, (pl.col("window_start") + pl.col("_w")).alias("_end"), pl.col("v")]
+    on = pl.col(key).cast(pl.String)
+
+    def rows(frame: pl.LazyFrame) -> pl.LazyFrame:
+        return (
+            frame.join(table, left_on=on, right_on=key).select(picked).filter(usable).select(tagged)
         )
-        .filter(pl.col("v").is_not_null() & pl.col("v").is_finite())
-        .select(
-            "indicator_id",
-            "entity_id",
-            "window_start",
-            (pl.col("window_start") + pl.col("_w")).alias("_end"),
-            "v",
-        )
-    )
+
+    return rows
+
+
+_TAGGED = [pl.col("indicator_id"), pl.col("entity_id"), pl.col("window_start")]
+
+
+def _stacked(d: IndicatorDef) -> Callable[[pl.LazyFrame], pl.LazyFrame]:
+    """``d``'s rows, tagged with its id and window end, to stack with others of its kind."""
+    cond, columns = _selection(d)
+    values = ("num", "den") if kind(d) == "ratio" else ("v",)
+    tagged = [
+        pl.lit(d.id).alias("indicator_id"),
+        pl.col("entity_id"),
+        pl.col("window_start"),
+        (pl.col("window_start") + d.window_us).alias("_end"),
+        *(pl.col(c) for c in values),
+    ]
+    return lambda frame: frame.filter(cond).select(columns).select(tagged)
+
+
+def _population_plan(d: IndicatorDef) -> Callable[[pl.LazyFrame], pl.LazyFrame]:
+    cond, columns = _selection(d)
+    if d.aggregation in LIFECYCLE:
+        return lambda frame: frame.filter(cond).select(columns)
+    keys = [pl.col("entity_id"), pl.col("window_start"), pl.col("v").alias("device")]
+    last = [pl.col("t").max(), pl.col("device_type").last()]  # each device's last heartbeat
+    return lambda frame: frame.filter(cond).select(columns).group_by(keys).agg(last)
 
 
 def _choice(col: str, options: list[pl.Expr]) -> pl.Expr:
@@ -229,15 +269,9 @@ def _entity_of(by: tuple[str, ...]) -> pl.Expr:
 
 
 def _plan(d: IndicatorDef, frame: pl.LazyFrame) -> pl.LazyFrame:
-    rows = _selected(d, frame)
-    keys = ["entity_id", "window_start"]
-    if d.aggregation in LIFECYCLE:
-        return rows
-    if d.aggregation == "online_rate":  # each device's last heartbeat in the window
-        return rows.group_by(*keys, pl.col("v").alias("device")).agg(
-            pl.col("t").max(), pl.col("device_type").last()
-        )
-    return rows.group_by(keys).agg(_aggs(kind(d)))
+    if kind(d) in COLUMN_KINDS:
+        return _selected(d, frame).group_by("entity_id", "window_start").agg(_aggs(kind(d)))
+    return _population_plan(d)(frame)
 
 
 def partials(catalog: Catalog, frames: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
@@ -262,51 +296,71 @@ def partials(catalog: Catalog, frames: dict[str, pl.DataFrame]) -> dict[str, pl.
     >>> p.filter(pl.col("indicator_id") == "fire.temperature").select("entity_id", "max").rows()
     [('f1', 24.0)]
     """
-    lazy = {name: frame.lazy() for name, frame in frames.items() if frame.height}
-    ids, plans = [], []
-    stacked: dict[str, list[pl.LazyFrame]] = {k: [] for k in COLUMN_KINDS}
-    joined: dict[tuple, list[IndicatorDef]] = {}
-    shared: dict[tuple, int] = {}  # the plan of each kind of population rows
-    which: list[int] = []  # the plan of each of ``ids``
-    for d in catalog.indicators:
-        if d.family not in lazy:
-            continue
-        k = kind(d)
-        if _joinable(d):
-            joined.setdefault((d.family, *d.where, d.field, k), []).append(d)
-        elif k in stacked:
-            rows = _selected(d, lazy[d.family])
-            stacked[k].append(
-                rows.select(
-                    pl.lit(d.id).alias("indicator_id"),
-                    "entity_id",
-                    "window_start",
-                    (pl.col("window_start") + d.window_us).alias("_end"),
-                    *(("num", "den") if k == "ratio" else ("v",)),
-                )
-            )
-        else:  # lifecycle rows are the same for every indicator that picks them alike
-            ids.append(d.id)
-            same = (d.family, *sorted(d.where.items()), *d.entity.by, d.window_us, d.field, k)
-            if same not in shared:
-                shared[same] = len(plans)
-                plans.append(_plan(d, lazy[d.family]))
-            which.append(shared[same])
-    for (family, *_, k), defs in joined.items():
-        stacked[k].append(_by_join(defs, lazy[family]))
-    kinds = [k for k, rows in stacked.items() if rows]
-    plans += [
-        pl.concat(stacked[k])
-        .group_by("indicator_id", "entity_id", "window_start", "_end")
-        .agg(_aggs(k))
-        for k in kinds
-    ]
-    done = pl.collect_all(plans, engine=ENGINE)
-    out = {i: done[w] for i, w in zip(ids, which, strict=True) if done[w].height}
-    columns = [p for p in done[len(shared) :] if p.height]
-    if columns:
-        out[COLUMNS] = pl.concat(columns, how="diagonal_relaxed")
-    return out
+    return Aggregator(catalog).partials(frames)
+
+
+class Aggregator:
+    """:func:`partials` for one catalogue, with every indicator's plan built once.
+
+    Building the expressions of tens of indicators costs about as much as
+    running them on a batch; an aggregator builds them when it is made and
+    only applies them to each batch.
+    """
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        # Per family: recipes of stacked rows (by kind), and of population rows.
+        self._stacked: dict[str, list[tuple[str, Recipe]]] = {}
+        self._population: dict[str, list[tuple[list[str], Recipe]]] = {}
+        joined: dict[tuple, list[IndicatorDef]] = {}
+        shared: dict[tuple, list[str]] = {}
+        first: dict[tuple, IndicatorDef] = {}
+        for d in catalog.indicators:
+            k = kind(d)
+            if _joinable(d):
+                joined.setdefault((d.family, *d.where, d.field, k), []).append(d)
+            elif k in COLUMN_KINDS:
+                self._stacked.setdefault(d.family, []).append((k, _stacked(d)))
+            else:  # lifecycle rows are the same for every indicator that picks them alike
+                same = (d.family, *sorted(d.where.items()), *d.entity.by, d.window_us, d.field, k)
+                shared.setdefault(same, []).append(d.id)
+                first.setdefault(same, d)
+        for (family, *_, k), defs in joined.items():
+            self._stacked.setdefault(family, []).append((k, _by_join(defs)))
+        for same, ids in shared.items():
+            d = first[same]
+            self._population.setdefault(d.family, []).append((ids, _population_plan(d)))
+        self._aggs = {k: _aggs(k) for k in COLUMN_KINDS}
+        self._keys = [*_TAGGED, pl.col("_end")]
+
+    def partials(self, frames: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
+        """See :func:`partials`."""
+        plans: list[pl.LazyFrame] = []
+        ids: list[list[str]] = []
+        stacked: dict[str, list[pl.LazyFrame]] = {k: [] for k in COLUMN_KINDS}
+        for family, frame in frames.items():
+            if not frame.height:
+                continue
+            lazy = frame.lazy()
+            for names, recipe in self._population.get(family, ()):
+                ids.append(names)
+                plans.append(recipe(lazy))
+            for k, recipe in self._stacked.get(family, ()):
+                stacked[k].append(recipe(lazy))
+        kinds = [k for k, rows in stacked.items() if rows]
+        plans += [pl.concat(stacked[k]).group_by(self._keys).agg(self._aggs[k]) for k in kinds]
+        done = pl.collect_all(plans, engine=ENGINE)
+        out = {
+            i: part for names, part in zip(ids, done, strict=False) if part.height for i in names
+        }
+        columns = [p for p in done[len(ids) :] if p.height]
+        if columns:
+            out[COLUMNS] = pl.concat(columns, how="diagonal_relaxed")
+        return out
+
+
+#: How a batch's family frame becomes some indicators' rows.
+Recipe = Callable[[pl.LazyFrame], pl.LazyFrame]
 
 
 def shard_of(entity_id: pl.Expr, shards: int) -> pl.Expr:
