@@ -138,7 +138,7 @@ class _Columns:
     def __init__(self, defs: list[IndicatorDef]) -> None:
         self.defs = defs
         self._window = {d.id: d.window_us for d in defs}
-        self._aggregation = {d.id: d.aggregation for d in defs}
+        self._aggregations = {d.id: d.aggregation for d in defs}
         self._parts: list[pl.DataFrame] = []
         self._first: int | None = None  # earliest end of an open window
 
@@ -163,50 +163,70 @@ class _Columns:
             self._parts = [self._merged()]
 
     def _merged(self) -> pl.DataFrame:
-        df = pl.concat(self._parts, how="diagonal_relaxed")
-        aggs = [_MERGE[c] for c in df.columns if c in _MERGE]
-        return df.group_by(_KEYS).agg(aggs)
+        return self._merging().collect(engine=ENGINE)
+
+    def _merging(self) -> pl.LazyFrame:
+        frames = [p.lazy() for p in self._parts]
+        columns = {c for p in self._parts for c in p.columns}
+        aggs = [merge for c, merge in _MERGE.items() if c in columns]
+        return pl.concat(frames, how="diagonal_relaxed").group_by(_KEYS).agg(aggs)
 
     def close(self, until_us: int | None) -> pl.DataFrame | None:
         """Finish the windows ending at or before ``until_us`` (all of them on None).
 
         Rows: ``indicator_id``, ``entity_id``, ``window_start``, ``value``, ``samples``.
+        One query merges the partials, finishes the closed windows and keeps the rest.
         """
         if not self._parts:
             return None
         if until_us is not None and self._first > until_us:
             return None  # no window ends yet: skip the merge
-        df = self._merged()
+        columns = {c for p in self._parts for c in p.columns}
+        merged = self._merging()
         if until_us is None:
-            done, self._parts, self._first = df, [], None
+            done, rest = merged, None
         else:
-            done = df.filter(pl.col("_end") <= until_us)
-            rest = df.filter(pl.col("_end") > until_us)
-            self._parts = [rest] if rest.height else []
-            self._first = rest["_end"].min() if rest.height else None
-        if not done.height:
-            return None
-        agg = pl.col("indicator_id").replace_strict(self._aggregation, return_dtype=pl.String)
-        value: pl.Expr = pl.lit(None, dtype=pl.Float64)
-        for name, (expr, needs) in _FINISH.items():
-            if all(c in done.columns for c in needs):
-                value = pl.when(agg == name).then(expr.cast(pl.Float64)).otherwise(value)
-        ratio = agg == "ratio"
-        if "den" in done.columns:
-            samples = pl.when(ratio).then(pl.col("den")).otherwise(pl.col("n"))
-            keep = ~ratio | (pl.col("den") > 0)
-        else:
-            samples, keep = pl.col("n"), pl.lit(True)
-        if "n" not in done.columns:  # only ratios
-            samples = pl.col("den")
-        out = done.filter(keep).select(
+            done = merged.filter(pl.col("_end") <= until_us)
+            rest = merged.filter(pl.col("_end") > until_us)
+        finished = done.filter(self._keep(columns)).select(
             "indicator_id",
             "entity_id",
             "window_start",
-            value.alias("value"),
-            samples.cast(pl.Int64).alias("samples"),
+            self._value(columns).alias("value"),
+            self._samples(columns).cast(pl.Int64).alias("samples"),
         )
+        out, *kept = pl.collect_all(
+            [finished, *([rest] if rest is not None else [])], engine=ENGINE
+        )
+        left = kept[0] if kept and kept[0].height else None
+        self._parts = [left] if left is not None else []
+        self._first = left["_end"].min() if left is not None else None
         return out if out.height else None
+
+    def _aggregation(self) -> pl.Expr:
+        return pl.col("indicator_id").replace_strict(self._aggregations, return_dtype=pl.String)
+
+    def _value(self, columns: set[str]) -> pl.Expr:
+        """The finished value of each row's aggregation, from the partial ``columns``."""
+        agg = self._aggregation()
+        value: pl.Expr = pl.lit(None, dtype=pl.Float64)
+        for name, (expr, needs) in _FINISH.items():
+            if all(c in columns for c in needs):
+                value = pl.when(agg == name).then(expr.cast(pl.Float64)).otherwise(value)
+        return value
+
+    def _samples(self, columns: set[str]) -> pl.Expr:
+        if "n" not in columns:  # only ratios
+            return pl.col("den")
+        if "den" not in columns:
+            return pl.col("n")
+        return pl.when(self._aggregation() == "ratio").then(pl.col("den")).otherwise(pl.col("n"))
+
+    def _keep(self, columns: set[str]) -> pl.Expr:
+        """A ratio whose denominator counted nothing is unknown: no row."""
+        if "den" not in columns:
+            return pl.lit(True)
+        return (self._aggregation() != "ratio") | (pl.col("den") > 0)
 
 
 def _population(d: IndicatorDef, catalog: Catalog) -> Population:
