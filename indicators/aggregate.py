@@ -9,6 +9,11 @@ combined later in keyed window state (:mod:`indicators.windows`). The
 order-lifecycle measures keep one row per status change instead: their
 state (:mod:`indicators.lifecycle`) joins each order's changes by order id.
 
+In the flow, :class:`Aggregator` computes a batch's partials of all
+indicators at once: the column indicators' rows are stacked and aggregated
+by one ``group_by`` per kind, into one frame keyed also by ``indicator_id``
+(see :func:`partials`); :func:`partial` is one indicator's, the reference.
+
 Time inside is integer microseconds since the epoch (UTC); windows are
 tumbling and aligned to the epoch.
 
@@ -176,6 +181,9 @@ COLUMN_KINDS = ("columns", "p95", "ratio")
 #: The key of :func:`partials`' frame of every column indicator's partials.
 COLUMNS = "*columns"
 
+#: How a batch's family frame becomes some indicators' rows (plans built once).
+Recipe = Callable[[pl.LazyFrame], pl.LazyFrame]
+
 
 def _joinable(d: IndicatorDef) -> bool:
     """Whether ``d``'s rows can be picked by :func:`_by_join`: a numeric column
@@ -183,7 +191,7 @@ def _joinable(d: IndicatorDef) -> bool:
     return kind(d) in ("columns", "p95") and d.aggregation != "count" and len(d.where) == 1
 
 
-def _by_join(defs: list[IndicatorDef]) -> Callable[[pl.LazyFrame], pl.LazyFrame]:
+def _by_join(defs: list[IndicatorDef]) -> Recipe:
     """The rows of several indicators that pick rows by the same column and read the
     same field, stacked by one join with a table of their choices.
 
@@ -232,7 +240,7 @@ def _by_join(defs: list[IndicatorDef]) -> Callable[[pl.LazyFrame], pl.LazyFrame]
 _TAGGED = [pl.col("indicator_id"), pl.col("entity_id"), pl.col("window_start")]
 
 
-def _stacked(d: IndicatorDef) -> Callable[[pl.LazyFrame], pl.LazyFrame]:
+def _stacked(d: IndicatorDef) -> Recipe:
     """``d``'s rows, tagged with its id and window end, to stack with others of its kind."""
     cond, columns = _selection(d)
     values = ("num", "den") if kind(d) == "ratio" else ("v",)
@@ -246,7 +254,7 @@ def _stacked(d: IndicatorDef) -> Callable[[pl.LazyFrame], pl.LazyFrame]:
     return lambda frame: frame.filter(cond).select(columns).select(tagged)
 
 
-def _population_plan(d: IndicatorDef) -> Callable[[pl.LazyFrame], pl.LazyFrame]:
+def _population_plan(d: IndicatorDef) -> Recipe:
     cond, columns = _selection(d)
     if d.aggregation in LIFECYCLE:
         return lambda frame: frame.filter(cond).select(columns)
@@ -351,16 +359,15 @@ class Aggregator:
         plans += [pl.concat(stacked[k]).group_by(self._keys).agg(self._aggs[k]) for k in kinds]
         done = pl.collect_all(plans, engine=ENGINE)
         out = {
-            i: part for names, part in zip(ids, done, strict=False) if part.height for i in names
+            i: part
+            for names, part in zip(ids, done[: len(ids)], strict=True)
+            if part.height
+            for i in names
         }
         columns = [p for p in done[len(ids) :] if p.height]
         if columns:
             out[COLUMNS] = pl.concat(columns, how="diagonal_relaxed")
         return out
-
-
-#: How a batch's family frame becomes some indicators' rows.
-Recipe = Callable[[pl.LazyFrame], pl.LazyFrame]
 
 
 def shard_of(entity_id: pl.Expr, shards: int) -> pl.Expr:
