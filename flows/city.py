@@ -26,7 +26,7 @@ from flows.config import KafkaConfig, PipelineConfig, recovery_requested
 from flows.kafka_io import KafkaOutput
 from flows.sinks import ParquetSink
 from indicators import deadlines
-from indicators.aggregate import partials, split_by_shard
+from indicators.aggregate import Aggregator, split_by_shard
 from indicators.definitions import Catalog, load_catalog
 from indicators.liveness import heard
 from indicators.timers import Clock, Timers
@@ -98,13 +98,14 @@ class _Ingest:
         self.decoder = decoder
         self.catalog = catalog
         self.config = config
+        self._aggregator = Aggregator(catalog)
 
     def __call__(self, clock: PartitionClock | None, batch: RawBatch):
         clock = clock or PartitionClock(self.config.allowed_lateness)
         decoded = clock.set_aside_late(self.decoder.decode(batch), self.decoder.now())
         if batch.idle_until is not None:  # an idle partition must not hold windows open
             clock.observe(int(batch.idle_until.timestamp() * 1_000_000))
-        parts = split_by_shard(partials(self.catalog, decoded.frames), self.config.shards)
+        parts = split_by_shard(self._aggregator.partials(decoded.frames), self.config.shards)
         timed = {}
         if (beats := decoded.frames.get("heartbeat")) is not None and beats.height:
             timed["runs"] = heard(beats, self.catalog.devices)

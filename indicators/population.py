@@ -17,6 +17,7 @@ from collections.abc import Iterable
 
 import polars as pl
 
+from indicators.aggregate import ENGINE
 from indicators.definitions import Devices, IndicatorDef
 from indicators.liveness import allowance_us
 
@@ -53,22 +54,32 @@ class Population:
         if self._next is None or until_us is None or self._next + w > until_us:
             return None  # no window ends yet: leave the parts as they are
         df = pl.concat(self._parts, how="vertical_relaxed") if self._parts else None
-        rows: list[tuple[str, int, float, int]] = []
+        by_start = df.partition_by("window_start", as_dict=True) if df is not None else {}
+        outs = []
         while self._next + w <= until_us:
             start = self._next
-            mine = df.filter(pl.col("window_start") == start) if df is not None else None
-            rows.extend(self._close_window(start, mine))
+            out = self._close_window(start, by_start.pop((start,), None))
+            if not isinstance(out, pl.DataFrame | pl.LazyFrame):  # tuples, maybe lazily made
+                out = pl.DataFrame(list(out), schema=RAW_SCHEMA, orient="row")
+            outs.append(out)
             self._next = start + w
-        if df is not None:
-            rest = df.filter(pl.col("window_start") >= self._next)
-            self._parts = [rest] if rest.height else []
-        if not rows:
+        rest = [part for (start,), part in by_start.items() if start >= self._next]
+        self._parts = [pl.concat(rest)] if rest else []
+        closed = [out for out in self._settle(outs) if out.height]
+        if not closed:
             return None
-        return pl.DataFrame(rows, schema=RAW_SCHEMA, orient="row")
+        return pl.concat(closed) if len(closed) > 1 else closed[0]
 
-    def _close_window(self, start: int, rows: pl.DataFrame | None) -> Iterable[tuple]:
-        """Yield ``(entity_id, start, value, samples)`` for the window at ``start``."""
+    def _close_window(
+        self, start: int, rows: pl.DataFrame | None
+    ) -> pl.DataFrame | pl.LazyFrame | Iterable[tuple]:
+        """The ``(entity_id, start, value, samples)`` rows of the window at ``start``:
+        a frame of :data:`RAW_SCHEMA`, tuples, or a plan that :meth:`_settle` runs."""
         raise NotImplementedError
+
+    def _settle(self, outs: list) -> list:
+        """Run what :meth:`_close_window` left as plans (it returns no plans here)."""
+        return outs
 
 
 class OnlineRate(Population):
@@ -90,10 +101,12 @@ class OnlineRate(Population):
         self._known = pl.DataFrame(schema=_KNOWN)
 
     def _close_window(self, start, rows):
+        """The plan of the window's rates; the known devices become a plan too, until
+        :meth:`_settle` runs every window's plans in one go."""
         end = start + self.d.window_us
-        known = self._known
+        known = self._known.lazy()
         if rows is not None and rows.height:
-            heard = rows.select(
+            heard = rows.lazy().select(
                 "entity_id",
                 "device",
                 pl.col("t").alias("last"),
@@ -105,15 +118,21 @@ class OnlineRate(Population):
                 .agg(pl.col("last").max(), pl.col("allow").last())
             )
         self._known = known.filter(pl.col("last") + self.devices.forget_after_us >= end)
-        rates = (
+        return (
             self._known.group_by("entity_id")
             .agg(
-                (pl.col("last") + pl.col("allow") >= end).mean().alias("value"),
+                pl.lit(start, dtype=pl.Int64).alias("window_start"),
+                (pl.col("last") + pl.col("allow") >= end).mean().cast(pl.Float64).alias("value"),
                 pl.len().cast(pl.Int64).alias("samples"),
             )
             .sort("entity_id")
         )
-        return [(e, start, v, n) for e, v, n in rates.iter_rows()]
+
+    def _settle(self, outs):
+        if not outs:
+            return outs
+        self._known, *rates = pl.collect_all([self._known, *outs], engine=ENGINE)
+        return rates
 
 
 #: What an online rate keeps per known device of an entity.

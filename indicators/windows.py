@@ -38,7 +38,8 @@ from collections.abc import Iterable
 
 import polars as pl
 
-from indicators.definitions import LIFECYCLE, Catalog, IndicatorDef
+from indicators.aggregate import COLUMN_KINDS, COLUMNS, ENGINE, kind
+from indicators.definitions import Catalog, IndicatorDef
 from indicators.lifecycle import OrderLifecycle
 from indicators.population import OnlineRate, Population
 from indicators.watermark import Watermarks
@@ -57,6 +58,7 @@ def _catalog_frame(catalog: Catalog) -> pl.DataFrame:
     return pl.DataFrame(
         {
             "indicator_id": [d.id for d in catalog.indicators],
+            "_pos": list(range(len(catalog.indicators))),
             "sector": [d.sector for d in catalog.indicators],
             "entity_type": [d.entity.type for d in catalog.indicators],
             "window_us": [d.window_us for d in catalog.indicators],
@@ -65,17 +67,17 @@ def _catalog_frame(catalog: Catalog) -> pl.DataFrame:
     )
 
 
-def _values(about: pl.DataFrame, closed: list[tuple[str, pl.DataFrame]]) -> pl.DataFrame:
-    """Shape finished (entity_id, window_start, value, samples) rows as indicator values.
+def _values(about: pl.DataFrame, closed: list[pl.DataFrame]) -> pl.DataFrame:
+    """Shape finished (indicator_id, entity_id, window_start, value, samples) rows as values.
 
-    ``closed`` holds each indicator's rows, in the order they were closed;
-    ``about`` is the :func:`_catalog_frame` their definitions come from.
+    The rows come out in the catalogue's order of indicators (each
+    indicator's rows in the order they were closed); ``about`` is the
+    :func:`_catalog_frame` their definitions come from.
     """
     if not closed:
         return _empty()
-    rows = pl.concat([f for _, f in closed])  # every state closes into RAW_SCHEMA
-    ids = pl.Series("indicator_id", [i for i, f in closed for _ in range(f.height)])
-    joined = rows.with_columns(ids).join(about, on="indicator_id", maintain_order="left")
+    rows = pl.concat(closed) if len(closed) > 1 else closed[0]
+    joined = rows.join(about, on="indicator_id").sort("_pos", maintain_order=True)
     return joined.select(
         "indicator_id",
         "sector",
@@ -102,82 +104,139 @@ _MERGE = {
     "values": pl.col("values").list.explode(keep_nulls=False, empty_as_null=False),
 }
 
-#: The finished value, and the samples it rests on, of each column aggregation.
+#: The finished value of each column aggregation, and the partial columns it needs.
 _FINISH = {
-    "mean": (pl.col("sum") / pl.col("n"), pl.col("n")),
-    "max": (pl.col("max"), pl.col("n")),
-    "min": (pl.col("min"), pl.col("n")),
-    "sum": (pl.col("sum"), pl.col("n")),
-    "count": (pl.col("n").cast(pl.Float64), pl.col("n")),
+    "mean": (pl.col("sum") / pl.col("n"), ("sum", "n")),
+    "max": (pl.col("max"), ("max",)),
+    "min": (pl.col("min"), ("min",)),
+    "sum": (pl.col("sum"), ("sum",)),
+    "count": (pl.col("n").cast(pl.Float64), ("n",)),
     "p95": (
         pl.col("values").list.eval(pl.element().quantile(0.95, "linear")).list.first(),
-        pl.col("n"),
+        ("values",),
     ),
-    "ratio": (pl.col("num") / pl.col("den"), pl.col("den")),
+    "ratio": (pl.col("num") / pl.col("den"), ("num", "den")),
 }
+
+_KEYS = ("indicator_id", "entity_id", "window_start", "_end")
 
 
 class _Columns:
     """mean / max / min / sum / count / p95 over one input column, and ratio of two counts.
 
+    One state for every such indicator of the catalogue: their partials are
+    kept in one frame (``indicator_id``, ``entity_id``, ``window_start``,
+    ``_end`` = window end, and the partial columns, null where an
+    aggregation has none), so a batch is merged, closed and finished by a
+    few queries, not by a few per indicator.
+
     A ``ratio`` window whose denominator counted no row emits nothing for that
     entity: a rate of nothing is unknown, not 0. Its ``samples`` is the
-    denominator's count.
+    denominator's count; every other aggregation's is ``n``.
     """
 
-    def __init__(self, d: IndicatorDef) -> None:
-        self.d = d
+    def __init__(self, defs: list[IndicatorDef]) -> None:
+        self.defs = defs
+        self._window = {d.id: d.window_us for d in defs}
+        self._aggregations = {d.id: d.aggregation for d in defs}
         self._parts: list[pl.DataFrame] = []
-        self._first: int | None = None  # earliest open window start
+        self._first: int | None = None  # earliest end of an open window
+
+    def tagged(self, parts: dict[str, pl.DataFrame]) -> pl.DataFrame | None:
+        """Each indicator's partials (``entity_id``, ``window_start``, its columns) as one
+        frame, the form :meth:`add` takes (see :data:`indicators.aggregate.COLUMNS`)."""
+        frames = [
+            p.lazy().with_columns(
+                indicator_id=pl.lit(i), _end=pl.col("window_start") + self._window[i]
+            )
+            for i, p in parts.items()
+        ]
+        return pl.concat(frames, how="diagonal_relaxed").collect(engine=ENGINE) if frames else None
 
     def add(self, part: pl.DataFrame) -> None:
+        """Add partials of any column indicators, tagged with ``indicator_id`` and ``_end``."""
         self._parts.append(part)
-        first = part["window_start"].min()
+        first = part["_end"].min()
         if self._first is None or first < self._first:
             self._first = first
         if len(self._parts) >= _COMPACT_AFTER:
             self._parts = [self._merged()]
 
     def _merged(self) -> pl.DataFrame:
-        df = pl.concat(self._parts, how="vertical_relaxed")
-        aggs = [_MERGE[c] for c in df.columns if c in _MERGE]
-        return df.group_by("entity_id", "window_start").agg(aggs)
+        return self._merging().collect(engine=ENGINE)
+
+    def _merging(self) -> pl.LazyFrame:
+        frames = [p.lazy() for p in self._parts]
+        columns = {c for p in self._parts for c in p.columns}
+        aggs = [merge for c, merge in _MERGE.items() if c in columns]
+        return pl.concat(frames, how="diagonal_relaxed").group_by(_KEYS).agg(aggs)
 
     def close(self, until_us: int | None) -> pl.DataFrame | None:
-        """Finish the windows ending at or before ``until_us`` (all of them on None)."""
+        """Finish the windows ending at or before ``until_us`` (all of them on None).
+
+        Rows: ``indicator_id``, ``entity_id``, ``window_start``, ``value``, ``samples``.
+        One query merges the partials, finishes the closed windows and keeps the rest.
+        """
         if not self._parts:
             return None
-        if until_us is not None and self._first + self.d.window_us > until_us:
+        if until_us is not None and self._first > until_us:
             return None  # no window ends yet: skip the merge
-        df = self._merged()
-        done_mask = (
-            pl.lit(True)
-            if until_us is None
-            else pl.col("window_start") + self.d.window_us <= until_us
-        )
-        done = df.filter(done_mask)
-        rest = df.filter(~done_mask)
-        self._parts = [rest] if rest.height else []
-        self._first = rest["window_start"].min() if rest.height else None
-        value, samples = _FINISH[self.d.aggregation]
-        if self.d.aggregation == "ratio":
-            done = done.filter(pl.col("den") > 0)
-        if not done.height:
-            return None
-        return done.select(
+        columns = {c for p in self._parts for c in p.columns}
+        merged = self._merging()
+        if until_us is None:
+            done, rest = merged, None
+        else:
+            done = merged.filter(pl.col("_end") <= until_us)
+            rest = merged.filter(pl.col("_end") > until_us)
+        finished = done.filter(self._keep(columns)).select(
+            "indicator_id",
             "entity_id",
             "window_start",
-            value.cast(pl.Float64).alias("value"),
-            samples.cast(pl.Int64).alias("samples"),
+            self._value(columns).alias("value"),
+            self._samples(columns).cast(pl.Int64).alias("samples"),
         )
+        out, *kept = pl.collect_all(
+            [finished, *([rest] if rest is not None else [])], engine=ENGINE
+        )
+        left = kept[0] if kept and kept[0].height else None
+        self._parts = [left] if left is not None else []
+        self._first = left["_end"].min() if left is not None else None
+        return out if out.height else None
+
+    def _aggregation(self) -> pl.Expr:
+        return pl.col("indicator_id").replace_strict(self._aggregations, return_dtype=pl.String)
+
+    def _value(self, columns: set[str]) -> pl.Expr:
+        """The finished value of each row's aggregation, from the partial ``columns``."""
+        agg = self._aggregation()
+        value: pl.Expr = pl.lit(None, dtype=pl.Float64)
+        for name, (expr, needs) in _FINISH.items():
+            if all(c in columns for c in needs):
+                value = pl.when(agg == name).then(expr.cast(pl.Float64)).otherwise(value)
+        return value
+
+    def _samples(self, columns: set[str]) -> pl.Expr:
+        if "n" not in columns:  # only ratios
+            return pl.col("den")
+        if "den" not in columns:
+            return pl.col("n")
+        return pl.when(self._aggregation() == "ratio").then(pl.col("den")).otherwise(pl.col("n"))
+
+    def _keep(self, columns: set[str]) -> pl.Expr:
+        """A ratio whose denominator counted nothing is unknown: no row."""
+        if "den" not in columns:
+            return pl.lit(True)
+        return (self._aggregation() != "ratio") | (pl.col("den") > 0)
 
 
-def _state(d: IndicatorDef, catalog: Catalog) -> _Columns | Population:
+def _population(d: IndicatorDef, catalog: Catalog) -> Population:
     if d.aggregation == "online_rate":
         return OnlineRate(d, catalog.devices)
-    if d.aggregation in LIFECYCLE:
-        return OrderLifecycle(d, catalog.workorders)
-    return _Columns(d)
+    return OrderLifecycle(d, catalog.workorders)
+
+
+def _is_population(d: IndicatorDef) -> bool:
+    return kind(d) not in COLUMN_KINDS
 
 
 class WindowStore:
@@ -186,7 +245,10 @@ class WindowStore:
     def __init__(self, catalog: Catalog, partitions: Iterable[str]) -> None:
         self.catalog = catalog
         self._marks = Watermarks(list(partitions))
-        self._state = {d.id: _state(d, catalog) for d in catalog.indicators}
+        self._columns = _Columns([d for d in catalog.indicators if not _is_population(d)])
+        self._population = {
+            d.id: _population(d, catalog) for d in catalog.indicators if _is_population(d)
+        }
         self._about = _catalog_frame(catalog)
         self._max_event_us: int | None = None
 
@@ -200,9 +262,20 @@ class WindowStore:
         return self._marks.low_us
 
     def add(self, partials: dict[str, pl.DataFrame]) -> None:
+        """Add a batch's partials: per indicator, or (see
+        :func:`indicators.aggregate.partials`) all column indicators' under ``COLUMNS``."""
+        columns = {}
         for indicator_id, part in partials.items():
-            if part.height:
-                self._state[indicator_id].add(part)
+            if not part.height:
+                continue
+            if indicator_id == COLUMNS:
+                self._columns.add(part)
+            elif (state := self._population.get(indicator_id)) is not None:
+                state.add(part)
+            else:
+                columns[indicator_id] = part
+        if (tagged := self._columns.tagged(columns)) is not None:
+            self._columns.add(tagged)
 
     def advance(
         self,
@@ -222,7 +295,7 @@ class WindowStore:
         if watermark_us is None and not ended:
             return _empty()
         until = self._marks.update(partition, watermark_us, ended)
-        return self._close(until) if until is not None else _empty()
+        return self._close(until, until) if until is not None else _empty()
 
     def flush(self) -> pl.DataFrame:
         """Close every open window at the end of input.
@@ -231,19 +304,15 @@ class WindowStore:
         the windows that the last event time completes (see ``Population``).
         """
         complete = None if self._max_event_us is None else self._max_event_us + 1_000_000
-        closed = []
-        for indicator_id, state in self._state.items():
-            until = complete if isinstance(state, Population) else None
-            if (f := state.close(until)) is not None:
-                closed.append((indicator_id, f))
-        return _values(self._about, closed)
+        return self._close(None, complete)
 
-    def _close(self, until_us: int) -> pl.DataFrame:
-        closed = [
-            (indicator_id, f)
-            for indicator_id, state in self._state.items()
-            if (f := state.close(until_us)) is not None
-        ]
+    def _close(self, until_us: int | None, population_until_us: int | None) -> pl.DataFrame:
+        closed = []
+        if (f := self._columns.close(until_us)) is not None:
+            closed.append(f)
+        for indicator_id, state in self._population.items():
+            if (f := state.close(population_until_us)) is not None:
+                closed.append(f.select(pl.lit(indicator_id).alias("indicator_id"), pl.all()))
         return _values(self._about, closed)
 
 

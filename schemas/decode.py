@@ -133,11 +133,18 @@ class Decoder:
         self._reason, self._detail = self._checks()  # built once; "now" comes in as a column
 
     # -- parsing ---------------------------------------------------------------
-    def _parse(self, lines: Sequence[bytes], base: int, bad: list[tuple[int, str, str]]):
-        """Parse ``lines`` into frames, bisecting around lines the parser rejects."""
+    def _parse(
+        self,
+        lines: Sequence[bytes],
+        base: int,
+        bad: list[tuple[int, str, str]],
+        buf: bytes | None = None,
+    ):
+        """Parse ``lines`` (joined by newlines: ``buf``) into frames, bisecting around
+        lines the parser rejects."""
         if not lines:
             return []
-        buf = b"\n".join(lines)
+        buf = b"\n".join(lines) if buf is None else buf
         if buf.count(b"\n") != len(lines) - 1:
             # Raw newlines can only be whitespace in valid JSON (strings can't hold them).
             lines = [_one_line(line) for line in lines]
@@ -234,7 +241,8 @@ class Decoder:
     def decode(self, batch: RawBatch) -> Decoded:
         """Decode and validate one batch; every line ends valid or dead."""
         bad: list[tuple[int, str, str]] = []
-        parts = self._parse(batch.lines, 0, bad)
+        buf = b"\n".join(batch.lines)
+        parts = self._parse(batch.lines, 0, bad, buf)
         frames: dict[str, pl.DataFrame] = {}
         dead_rows = pl.DataFrame(
             bad, schema={"_row": pl.Int64, "reason": pl.String, "detail": pl.String}, orient="row"
@@ -242,8 +250,8 @@ class Decoder:
         max_ts = None
         if parts:
             df = pl.concat(parts) if len(parts) > 1 else parts[0]
-            fast = pl.col("ts").str.to_datetime(
-                _TS_FORMAT, strict=False, time_zone="UTC", time_unit="us"
+            fast = pl.col("ts").str.to_datetime(  # no cache: event times are nearly all unique
+                _TS_FORMAT, strict=False, time_zone="UTC", time_unit="us", cache=False
             )
             df = df.with_columns(_ts=fast)
             if df["_ts"].null_count() > df["ts"].null_count():
@@ -258,12 +266,14 @@ class Decoder:
                 )
                 df = df.with_columns(_ts=pl.coalesce(pl.col("_ts"), slow))
             df = df.with_columns(_now=pl.lit(self.now(), dtype=pl.Datetime("us", "UTC")))
-            df = df.with_columns(_reason=self._reason, _detail=self._detail)
-            df = _confirm_nested(df, batch.lines)
+            # The detail (text, per case) only for the rare rows with a reason.
+            df = df.with_columns(_reason=self._reason, _detail=pl.lit(None, dtype=pl.String))
+            df = _confirm_nested(df, batch.lines, buf)
             rejected = df.filter(pl.col("_reason").is_not_null())
             if rejected.height:
+                detail = pl.coalesce("_detail", self._detail)  # a mistyped field's, or the case's
                 dead_rows = pl.concat(
-                    [dead_rows, rejected.select("_row", reason="_reason", detail="_detail")]
+                    [dead_rows, rejected.select("_row", reason="_reason", detail=detail)]
                 )
             ok = df.filter(pl.col("_reason").is_null())
             if ok.height:
@@ -306,6 +316,8 @@ def _offset_expr(batch: RawBatch) -> pl.Expr:
 
 def dead_letters(batch: RawBatch | Decoded, rows: pl.DataFrame, now: datetime) -> pl.DataFrame:
     """Dead letters for ``rows`` (``_row`` index into the batch, ``reason``, ``detail``)."""
+    if not rows.height:
+        return pl.DataFrame(schema=_DEAD_POLARS)
     idx = rows["_row"].to_list()
     return pl.DataFrame(
         {
@@ -332,12 +344,16 @@ _STRING_FIELDS = sorted(
 )
 
 
-def _confirm_nested(df: pl.DataFrame, lines: Sequence[bytes]) -> pl.DataFrame:
+def _confirm_nested(df: pl.DataFrame, lines: Sequence[bytes], blob: bytes) -> pl.DataFrame:
     """Reject rows where the parser turned a JSON object or array into a string.
 
     Only rows with a string field starting with ``[`` or ``{`` (rare) are
-    looked at, by re-reading their original line.
+    looked at, by re-reading their original line. Every valid row's line
+    opens with a ``{``, so a batch with no ``[`` and no more ``{`` than valid
+    rows cannot have one, and is not looked at (``blob``: the lines, joined).
     """
+    if b"[" not in blob and blob.count(b"{") <= df.filter(pl.col("_reason").is_null()).height:
+        return df
     suspect = pl.any_horizontal(
         pl.col(c).str.starts_with("[") | pl.col(c).str.starts_with("{") for c in _STRING_FIELDS
     )

@@ -50,10 +50,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import numpy as np
 import polars as pl
 
+from indicators.aggregate import ENGINE
 from schemas.families import SEVERITIES
-from thresholds.rules import Rule, RuleSet, duration_met
+from thresholds.rules import LEVELS, Rule, RuleSet, duration_met
 
 __all__ = ["Evaluator", "alert_id"]
 
@@ -113,6 +115,19 @@ class Evaluator:
         self._series: dict[str, dict[str, _Series]] = {}  # rule id -> entity -> state
         self._previous: dict[str, pl.DataFrame] = {}  # change rules: last window per entity
         self._seen: dict[str, dict[str, _Seen]] = {}  # no_data alert rules: entity -> last
+        self._gid = {r.id: i for i, r in enumerate(rules.rules)}  # rule id -> position
+        self._k = [self._by_indicator[r.indicator].index(r) for r in rules.rules]
+        self._simple = {i for i, r in enumerate(rules.rules) if _simple(r)}
+        self._no_data_alert = [
+            i for i, r in enumerate(rules.rules) if r.no_data and r.no_data.action == "alert"
+        ]
+        # Built once: expressions of the rules the table of bounds does not serve.
+        self._exprs = {
+            i: self._graded(r) for i, r in enumerate(rules.rules) if i not in self._simple
+        }
+        self._bounds = _bounds(
+            [(i, self._k[i], r) for i, r in enumerate(rules.rules) if i in self._simple]
+        )
 
     @property
     def open_alerts(self) -> int:
@@ -132,58 +147,99 @@ class Evaluator:
         if values.height == 0:
             out = values.with_columns(level=pl.lit(None, dtype=pl.String))
         else:
-            out = self._grade(values.with_row_index("_i"), now, changes)
+            out = self._grade(values, now, changes)
         if watermark is not None:
             self._silence(watermark, now, changes)
         return out, changes
 
     def _grade(self, values: pl.DataFrame, now: datetime, changes: list[dict]) -> pl.DataFrame:
-        graded: list[pl.DataFrame] = []
-        for indicator_id, rows in values.partition_by("indicator_id", as_dict=True).items():
-            level = pl.lit("normal")
-            for rule in self._by_indicator.get(indicator_id[0], []):
-                rows = self._judged(rule, rows)
-                raw = rule.level_expr(pl.col("_v"), pl.col("_variant"))
-                judged = (pl.col("samples") >= rule.min_samples) & pl.col("_v").is_not_null()
-                rows = rows.with_columns(_raw=pl.when(judged).then(raw).otherwise(None))
-                if rule.no_data is not None and rule.no_data.action == "alert":
-                    self._remember(rule, rows)
-                # Series in trouble: watched already, or in breach somewhere in this batch.
-                watched = set(self._series.get(rule.id, ()))
-                watched.update(rows.filter(pl.col("_raw") != "normal")["entity_id"].unique())
-                hot = rows.filter(pl.col("entity_id").is_in(pl.Series(list(watched)).implode()))
-                levels: dict[int, str] = {}
-                for row in hot.sort("entity_id", "window_start").iter_rows(named=True):
-                    levels[row["_i"]] = self._step(rule, row, now, changes)
-                stepped = pl.DataFrame(
-                    {"_i": list(levels), "_lvl": list(levels.values())},
-                    schema={"_i": pl.UInt32, "_lvl": pl.String},
-                )
-                rows = rows.join(stepped, on="_i", how="left")
-                rule_level = pl.coalesce("_lvl", pl.lit("normal"))
-                level = pl.when(_rank(rule_level) > _rank(level)).then(rule_level).otherwise(level)
-                rows = rows.with_columns(_acc=level).drop("_raw", "_lvl", "_v", "_variant")
-                level = pl.col("_acc")
-            graded.append(rows.with_columns(level=level).drop("_acc", strict=False))
-        return pl.concat(graded).sort("_i").drop("_i")
+        """Grade every value under every rule of its indicator, in one pass.
 
-    def _judged(self, rule: Rule, rows: pl.DataFrame) -> pl.DataFrame:
-        """Add ``_variant`` (bands in force) and ``_v`` (the value the rule judges)."""
-        tz = self.rules.timezone
-        rows = rows.with_columns(
-            _variant=rule.variant_of(pl.col("entity_id"), pl.col("window_start"), tz)
+        All (value, rule) pairs are graded by one query: rules that judge the
+        value under their own bands only join a table of bounds; rules with
+        schedules or overrides, and ``change`` rules, add a plan of their own.
+        Only the series in trouble then go through :meth:`_step`, in the
+        order of the indicators' first rows, the rules' order, entity and window.
+        """
+        present = set(values["indicator_id"].unique())
+        rows = values.lazy().with_row_index("_i")
+        # The indicators' order of first rows: the order the series are stepped in.
+        rows = rows.with_columns(_ind=pl.col("_i").min().over("indicator_id"))
+        simple = self._bounds.filter(pl.col("indicator_id").is_in(list(present)))
+        plans = [
+            rows.join(simple.lazy(), on="indicator_id")
+            .with_columns(_v=pl.col("value"), _variant=pl.lit(0, dtype=pl.Int16))
+            .with_columns(_raw=_SIMPLE_RAW)
+            .select(_COLUMNS)
+        ]
+        lasts: dict[str, pl.LazyFrame] = {}  # change rules: each entity's last window
+        for gid, rule in enumerate(self.rules.rules):
+            if gid in self._simple or rule.indicator not in present:
+                continue
+            variant, raw = self._exprs[gid]
+            mine = rows.filter(pl.col("indicator_id") == rule.indicator)
+            mine = mine.with_columns(_variant=variant)
+            if rule.measure == "value":  # bands by schedule or override: no state
+                mine = mine.with_columns(_v=pl.col("value"))
+            else:
+                mine, lasts[rule.id] = self._changes(rule, mine)
+            plans.append(
+                mine.with_columns(
+                    _rule=pl.lit(gid, dtype=pl.Int32),
+                    _k=pl.lit(self._k[gid], dtype=pl.Int32),
+                    _raw=raw,
+                ).select(_COLUMNS)
+            )
+        pairs = pl.concat(plans)
+        # Series in trouble: watched already, or in breach somewhere in this batch.
+        trouble = (pl.col("_raw") != "normal").fill_null(False).any().over("_rule", "entity_id")
+        watched = [(self._gid[r], e) for r, by in self._series.items() for e in by]
+        if watched:
+            keys = pl.DataFrame(
+                watched, schema={"_rule": pl.Int32, "entity_id": pl.String}, orient="row"
+            ).with_columns(_watched=pl.lit(True))
+            pairs = pairs.join(keys.lazy(), on=["_rule", "entity_id"], how="left")
+            trouble = trouble | pl.col("_watched").fill_null(False)
+        pairs, *kept = pl.collect_all(
+            [pairs.with_columns(_hot=trouble), *lasts.values()], engine=ENGINE
         )
-        if rule.measure == "value":
-            return rows.with_columns(_v=pl.col("value"))
-        # change: the difference from the same entity's previous, adjacent window.
+        self._previous.update(zip(lasts, kept, strict=True))
+        for g in self._no_data_alert:
+            if self.rules.rules[g].indicator in present:
+                self._remember(self.rules.rules[g], pairs.filter(pl.col("_rule") == g))
+        hot = pairs.filter("_hot").sort("_ind", "_k", "entity_id", "window_start")
+        ranks = np.zeros(values.height, dtype=np.int64)
+        rules = self.rules.rules
+        for row in hot.iter_rows(named=True):
+            rank = _RANK[self._step(rules[row["_rule"]], row, now, changes)]
+            if rank > ranks[row["_i"]]:
+                ranks[row["_i"]] = rank
+        return values.with_columns(level=_LEVEL_NAMES.gather(ranks))
+
+    def _graded(self, rule: Rule) -> tuple[pl.Expr, pl.Expr]:
+        """``rule``'s expressions of the bands in force for each row (``_variant``), and of
+        the raw level of its ``_v`` under them (``_raw``, null where it is not judged)."""
+        tz = self.rules.timezone
+        variant = rule.variant_of(pl.col("entity_id"), pl.col("window_start"), tz)
+        raw = rule.level_expr(pl.col("_v"), pl.col("_variant"))
+        judged = (pl.col("samples") >= rule.min_samples) & pl.col("_v").is_not_null()
+        return variant, pl.when(judged).then(raw).otherwise(None)
+
+    def _changes(self, rule: Rule, rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+        """Add ``_v``, the difference from the same entity's previous, adjacent window.
+
+        Also returns the plan of what to keep: each entity's last window.
+        """
         cols = ["entity_id", "window_start", "window_end", "value"]
         now = rows.select("_i", *cols)
         stored = self._previous.get(rule.id)
         if stored is not None:
-            before = stored.filter(
-                pl.col("entity_id").is_in(now["entity_id"].unique().implode())
-            ).with_columns(_i=pl.lit(None, dtype=pl.UInt32))
-            now = pl.concat([before.select(now.columns), now])
+            before = (
+                stored.lazy()
+                .join(now.select("entity_id").unique(), on="entity_id", how="semi")
+                .with_columns(_i=pl.lit(None, dtype=pl.UInt32))
+            )
+            now = pl.concat([before.select("_i", *cols), now])
         now = now.sort("entity_id", "window_start").with_columns(
             _v=pl.when(pl.col("window_end").shift(1).over("entity_id") == pl.col("window_start"))
             .then(pl.col("value") - pl.col("value").shift(1).over("entity_id"))
@@ -191,11 +247,10 @@ class Evaluator:
         )
         last = now.group_by("entity_id").agg(pl.all().exclude("_i", "_v").last()).select(cols)
         if stored is not None:  # entities without a value in this batch keep theirs
-            last = pl.concat(
-                [stored.filter(~pl.col("entity_id").is_in(last["entity_id"].implode())), last]
-            )
-        self._previous[rule.id] = last
-        return rows.join(now.filter(pl.col("_i").is_not_null()).select("_i", "_v"), on="_i")
+            kept = stored.lazy().join(last.select("entity_id"), on="entity_id", how="anti")
+            last = pl.concat([kept, last])
+        judged = rows.join(now.filter(pl.col("_i").is_not_null()).select("_i", "_v"), on="_i")
+        return judged, last
 
     def _remember(self, rule: Rule, rows: pl.DataFrame) -> None:
         """Note each entity's latest window, so its silence can be noticed."""
@@ -339,6 +394,80 @@ class Evaluator:
                 "evidence": [float(v) for v in s.evidence],
             }
         )
+
+
+#: The columns of every graded (value, rule) pair.
+_COLUMNS = [
+    "_rule",
+    "_k",
+    "_i",
+    "_ind",
+    "indicator_id",
+    "sector",
+    "entity_type",
+    "entity_id",
+    "window_start",
+    "window_end",
+    "value",
+    "samples",
+    "_v",
+    "_variant",
+    "_raw",
+]
+
+_LEVEL_NAMES = pl.Series("level", SEVERITIES)
+
+
+def _simple(rule: Rule) -> bool:
+    """Whether ``rule`` judges the value itself under its own bands only."""
+    return rule.measure == "value" and not rule.schedules and not rule.overrides
+
+
+def _bounds(rules: list[tuple[int, int, Rule]]) -> pl.DataFrame:
+    """One row per ``(position, position among its indicator's rules, rule)``: its bounds.
+
+    ``_lo_L`` / ``_hi_L``: values at or below / at or above reach level ``L``
+    (null where the rule has no such level or side); see :data:`_SIMPLE_RAW`.
+
+    >>> from thresholds.rules import Rule
+    >>> r = Rule(id="hot", indicator="t", direction="above", levels={"red": 70}, min_samples=2)
+    >>> _bounds([(0, 0, r)]).select("_rule", "_min", "_lo_red", "_hi_red").rows()
+    [(0, 2, None, 70.0)]
+    """
+    cols: dict[str, list] = {"indicator_id": [], "_rule": [], "_k": [], "_min": []}
+    for name in LEVELS:
+        cols[f"_lo_{name}"], cols[f"_hi_{name}"] = [], []
+    for gid, k, rule in rules:
+        cols["indicator_id"].append(rule.indicator)
+        cols["_rule"].append(gid)
+        cols["_k"].append(k)
+        cols["_min"].append(rule.min_samples)
+        for name in LEVELS:
+            low, high = rule.span(name, rule.direction) if name in rule.levels else (None, None)
+            cols[f"_lo_{name}"].append(low)
+            cols[f"_hi_{name}"].append(high)
+    schema = {"indicator_id": pl.String, "_rule": pl.Int32, "_k": pl.Int32, "_min": pl.Int64}
+    schema |= {c: pl.Float64 for c in cols if c.startswith(("_lo_", "_hi_"))}
+    return pl.DataFrame(cols, schema=schema)
+
+
+def _simple_raw() -> pl.Expr:
+    """The raw level from a row's ``_v`` and its rule's bounds: the gravest level reached.
+
+    Null where the rule does not judge the row (too few samples, no value).
+    """
+    v = pl.col("_v")
+    raw = pl.lit("normal")
+    for name in LEVELS:  # mild to grave: the last match wins
+        hit = (v <= pl.col(f"_lo_{name}")).fill_null(False) | (
+            v >= pl.col(f"_hi_{name}")
+        ).fill_null(False)
+        raw = pl.when(hit).then(pl.lit(name)).otherwise(raw)
+    judged = (pl.col("samples") >= pl.col("_min")) & v.is_not_null()
+    return pl.when(judged).then(raw).otherwise(None)
+
+
+_SIMPLE_RAW = _simple_raw()
 
 
 def _silent_row(at: datetime, value: float) -> dict:

@@ -1,0 +1,84 @@
+"""The stacked partials of every column indicator equal each indicator's own partial."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import polars as pl
+import pytest
+
+from cityvitals.simulate import Scenario, generate
+from indicators.aggregate import COLUMN_KINDS, COLUMNS, kind, partial, partials
+from indicators.definitions import load_catalog
+from schemas.decode import Decoder, RawBatch
+
+NOW = datetime(2026, 5, 12, 12, tzinfo=UTC)
+KEY = ["entity_id", "window_start"]
+
+
+def simulated_frames(minutes: int) -> dict[str, pl.DataFrame]:
+    """Every family's valid frame from ``minutes`` of the simulated afternoon (with bad lines)."""
+    scenario = Scenario(devices=300, minutes=minutes, seed=11, bad_rate=0.01)
+    lines = [line for batch in generate(scenario) for line in batch]
+    return Decoder(now=lambda: NOW).decode(RawBatch("sim", 0, 0, lines)).frames
+
+
+@pytest.fixture(scope="module")
+def frames() -> dict[str, pl.DataFrame]:
+    return simulated_frames(60)
+
+
+def test_every_family_and_column_kind_is_exercised(frames):
+    catalog = load_catalog()
+    kinds = {kind(d) for d in catalog.indicators if frames[d.family].height}
+    assert set(COLUMN_KINDS) <= kinds
+    assert {"reading", "heartbeat", "gate", "workorder"} <= set(frames)
+
+
+def test_stacked_partials_equal_each_indicators_own(frames):
+    catalog = load_catalog()
+    stacked = partials(catalog, frames)[COLUMNS]
+    checked = 0
+    for d in catalog.indicators:
+        if kind(d) not in COLUMN_KINDS:
+            continue
+        own = partial(d, frames[d.family])
+        mine = stacked.filter(pl.col("indicator_id") == d.id)
+        assert mine.height == own.height, d.id
+        assert (mine["_end"] == mine["window_start"] + d.window_us).all(), d.id
+        cols = own.columns
+        got = mine.select(cols).sort(KEY)
+        want = own.sort(KEY)
+        for c in cols:
+            if c == "values":  # the same values, in whatever order the group got them
+                got_v = got[c].list.sort().to_list()
+                assert got_v == want[c].list.sort().to_list(), d.id
+            elif got[c].dtype == pl.Float64:
+                assert got[c].to_list() == pytest.approx(want[c].to_list(), rel=1e-12), (d.id, c)
+            else:
+                assert got[c].to_list() == want[c].to_list(), (d.id, c)
+        checked += own.height > 0
+    assert checked >= 30  # most column indicators have rows in an hour of the afternoon
+
+
+def test_population_indicators_keep_their_own_frames(frames):
+    catalog = load_catalog()
+    out = partials(catalog, frames)
+    population = [d for d in catalog.indicators if kind(d) not in COLUMN_KINDS]
+    for d in population:
+        own = partial(d, frames[d.family])
+        if own.height:
+            assert out[d.id].sort(out[d.id].columns).equals(own.sort(own.columns)), d.id
+        else:
+            assert d.id not in out
+    assert set(out) - {COLUMNS} <= {d.id for d in population}
+
+
+def test_only_the_families_given_are_aggregated(frames):
+    catalog = load_catalog()
+    only = {"gate": frames["gate"]}
+    out = partials(catalog, only)
+    assert set(out[COLUMNS]["indicator_id"]) == {
+        d.id for d in catalog.indicators if d.family == "gate" and kind(d) in COLUMN_KINDS
+    }
+    assert partials(catalog, {"gate": frames["gate"].clear()}) == {}
