@@ -183,3 +183,25 @@ def test_risk_level_history_in_time_order_with_how_long_each_level_held(tmp_path
         ("yellow", "red", 1500.0, "rp-1"),
         ("red", "yellow", None, "rp-1"),
     ]
+
+
+def test_risk_level_history_of_the_rain_grids_road_section(small_run):
+    """The scenario's road section in the rain: its whole history, each level chained to the next."""
+    _, lake = small_run
+    con = lake.connect()
+    history = _rows(
+        con,
+        "SELECT from_level, to_level, change, held_for_s, event_ts "
+        "FROM risk_level_history('rp-road-G03-1')",
+    )
+    written = _rows(
+        con,
+        "SELECT count(*) FROM risk_levels WHERE risk_point_id = 'rp-road-G03-1'",
+    )[0][0]
+    assert len(history) == written >= 2
+    assert history[0][0] == "normal" and history[-1][1] == "normal"
+    for before, after in itertools.pairwise(history):
+        assert before[1] == after[0]  # the level a change leads to is where the next one starts
+        assert before[3] == (after[4] - before[4]).total_seconds()
+    assert history[-1][3] is None  # the last level is still in force
+    assert {h[2] for h in history} == {"upgraded", "downgraded"}
