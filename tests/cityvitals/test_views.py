@@ -186,7 +186,7 @@ def test_risk_level_history_in_time_order_with_how_long_each_level_held(tmp_path
 
 
 def test_risk_level_history_of_the_rain_grids_road_section(small_run):
-    """The scenario's road section in the rain: its whole history, each level chained to the next."""
+    """The road section in the rain: its whole history, each level leading to the next."""
     _, lake = small_run
     con = lake.connect()
     history = _rows(
