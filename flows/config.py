@@ -240,9 +240,14 @@ class KafkaConfig(BaseModel):
     def _sasl_needs_sasl_protocol(self) -> KafkaConfig:
         sasl = self.sasl_mechanism or self.sasl_username or self.sasl_password
         if sasl and not (self.security_protocol or "").startswith("SASL_"):
-            raise ValueError(
-                "expected security_protocol SASL_SSL or SASL_PLAINTEXT with sasl_* settings, "
-                f"got security_protocol {self.security_protocol!r}"
+            got = self.security_protocol
+            raise KeyedProblems(
+                [
+                    (
+                        ("security_protocol",),
+                        f"got {got!r}, expected SASL_SSL or SASL_PLAINTEXT with sasl_* settings",
+                    )
+                ]
             )
         return self
 
