@@ -38,11 +38,19 @@ from collections import Counter as Tally
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from cityvitals.yamlconf import ConfigError
 from flows.config import MetricsConfig
 
 __all__ = [
@@ -139,6 +147,16 @@ class BytewaxMetrics(Collector):
                 yield family
 
 
+class _Both(Collector):
+    """Another registry's metrics, as one collector of the served registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.registry.collect()
+
+
 def serve(config: MetricsConfig, process: int) -> tuple[str, int] | None:
     """Start this process's endpoint (a daemon thread); return its address, None if disabled.
 
@@ -147,12 +165,25 @@ def serve(config: MetricsConfig, process: int) -> tuple[str, int] | None:
     """
     if not config.enabled:
         return None
+    # Served: the default registry (ours; Bytewax's server shows it too) and Bytewax's.
+    # BytewaxMetrics must stay out of the default registry, or each server would ask the other.
+    served = CollectorRegistry(auto_describe=False)
+    served.register(_Both(REGISTRY))
     if config.bytewax_port is not None:
         port = config.bytewax_port + process
         os.environ["BYTEWAX_DATAFLOW_API_ENABLED"] = "true"
         os.environ["BYTEWAX_DATAFLOW_API_PORT"] = str(port)
-        REGISTRY.register(BytewaxMetrics(f"http://127.0.0.1:{port}/metrics"))
-    server, _ = start_http_server(config.port_of(process), addr=config.host)
+        served.register(BytewaxMetrics(f"http://127.0.0.1:{port}/metrics"))
+    try:
+        server, _ = start_http_server(config.port_of(process), addr=config.host, registry=served)
+    except OSError as exc:
+        raise ConfigError(
+            "metrics",
+            [
+                f"metrics.port: got {config.port}, expected a free port on {config.host} for "
+                f"process {process} (it serves on port + {process}): {exc.strerror}"
+            ],
+        ) from None
     host, port = server.server_address[:2]
     log.info(
         "metrics endpoint",

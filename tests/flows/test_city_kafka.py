@@ -52,6 +52,7 @@ def flow_env(kafka: KafkaConfig, out: Path, **extra: str) -> dict[str, str]:
         "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
         "CITYVITALS__PIPELINE__OUT": str(out),
         "CITYVITALS__KAFKA__STOP_AT_END": "true",
+        "CITYVITALS__METRICS__PORT": "0",  # any free port: tests run side by side
     }
     for name, topic in kafka.topics.model_dump().items():
         if topic:

@@ -23,6 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cityvitals.publish import publish
 from cityvitals.simulate import Scenario, generate
+from cityvitals.yamlconf import ConfigError
+from flows.city_kafka import STATE_FILE
 from tests.flows.test_city_kafka import ROOT, flow_env, kafka_config, read_topic
 
 #: Two hours ending now: a live stream, whose quiet partitions soon stop holding windows open.
@@ -281,3 +283,72 @@ def test_a_bad_setting_stops_the_flow_at_start_with_one_message(tmp_path):
     assert "CITYVITALS__METRICS__PORT: metrics.port: got 99999" in out.stderr
     assert "kafka.security_protocol: got None, expected SASL_SSL" in out.stderr
     assert SECRET not in out.stderr + out.stdout
+
+
+def test_a_recovering_start_with_another_shard_count_is_refused(tmp_path):
+    """State is keyed by shard: resuming it under another count would misplace entities."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CITYVITALS", "BYTEWAX_"))}
+    env |= {"CITYVITALS__PIPELINE__OUT": str(tmp_path / "out"), "CITYVITALS__METRICS__PORT": "0"}
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / STATE_FILE).write_text('{"shards": 4}')  # what a first start records
+    argv = ["flows.city_kafka", "-r", str(tmp_path), "-s", "5", "-b", "5"]
+    out = subprocess.run(
+        [sys.executable, "-m", "bytewax.run", *argv],
+        env=env | {"CITYVITALS__PIPELINE__SHARDS": "8"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "pipeline.shards: got 8, expected 4, the shard count of the recovered state" in (
+        out.stderr
+    )
+    assert "Traceback" not in out.stderr
+
+
+def test_writer_names_from_state_cannot_leave_the_lake(tmp_path):
+    """A sink's writer name (from its state, or a recovery store) never names a path outside."""
+    import pyarrow as pa
+
+    from cityvitals.lake import Lake
+    from schemas.families import INGEST_BATCHES
+
+    lake = Lake(tmp_path / "lake")
+    lake.create()
+    victim = tmp_path / "keep.parquet"
+    victim.write_bytes(b"x")
+    row = {
+        "processed_at": datetime.now(UTC),
+        "source": "s",
+        "partition": 0,
+        "first_offset": 0,
+        "events_in": 1,
+        "valid": 1,
+        "dead_letters": 0,
+        "max_event_ts": None,
+    }
+    data = pa.Table.from_pylist([row], schema=INGEST_BATCHES)
+    for writer in ("../../..", "a/b", "*", ".hidden", ""):
+        with pytest.raises(ValueError, match="not a safe file name part"):
+            lake.write("ingest_batches", data, writer, 0)
+        with pytest.raises(ValueError, match="not a safe file name part"):
+            lake.discard_from("ingest_batches", writer, 0)
+    assert victim.exists()
+    assert lake.write("ingest_batches", data, "r0", 0)  # a normal name still works
+
+
+def test_a_busy_metrics_port_is_a_clear_start_error():
+    import socket
+
+    from flows import metrics
+    from flows.config import MetricsConfig
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"metrics.port: got {port}, expected a free port"):
+            metrics.serve(MetricsConfig(port=port), 0)
