@@ -37,8 +37,10 @@ def _config(**settings):
 def _run_flow(source, config) -> float:
     from bytewax.testing import run_main
 
+    from flows import shutdown
     from flows.city import build
 
+    shutdown.install()  # SIGTERM: stop reading, flush the lake sinks, exit 0
     started = time.perf_counter()
     run_main(build(source, config))
     return time.perf_counter() - started

@@ -365,3 +365,48 @@ def test_two_processes_of_two_workers_give_what_one_process_gives(
         )
         assert len(got) == len(want), table
         assert got == want, table
+
+
+def test_stopped_by_sigterm_on_one_worker_resumed_on_two_gives_the_same_lake(
+    published, small_run, topic_prefix, tmp_path
+):
+    """Rescaling: Bytewax routes recovered state by key, so a resume may change -w.
+
+    The first start runs on one worker and is stopped midway by SIGTERM (a clean
+    stop: open windows stay in state); the resume runs on two workers from the
+    same recovery store and shard count, and the lake ends as an uninterrupted
+    run's does.
+    """
+    kafka, events = published
+    kafka = with_outputs(kafka, topic_prefix)
+    recovery = tmp_path / "recovery"
+    recovery.mkdir()
+    subprocess.run(
+        [sys.executable, "-m", "bytewax.recovery", str(recovery), "2"], check=True, cwd=ROOT
+    )
+    out = tmp_path / "out"
+    env = flow_env(kafka, out, CITYVITALS__KAFKA__MAX_POLL="300")
+    log = tmp_path / "flow.log"
+
+    def start(workers: int) -> subprocess.Popen:
+        args = [sys.executable, "-m", "bytewax.run", "flows.city_kafka", "-w", str(workers)]
+        args += ["-r", str(recovery), "-s", "1", "-b", "30"]
+        return subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
+        )
+
+    proc = start(1)
+    deadline = time.monotonic() + 120
+    while not list((out / "lake" / "ingest_batches").glob("date=*/*.parquet")):
+        assert proc.poll() is None, f"the flow ended before the stop:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, "nothing written within 120 s"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    con = duckdb.connect(str(out / "cityvitals.duckdb"), read_only=True)
+    seen = con.execute("SELECT coalesce(sum(events_in), 0) FROM ingest_batches").fetchone()[0]
+    con.close()
+    assert 0 < seen < events, "the stop came after the end of the stream"
+
+    finish(start(2), log)
+    check_outputs(kafka, out, small_run, events)
