@@ -16,7 +16,9 @@ False
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
+import io
 import logging
 import signal
 import threading
@@ -46,4 +48,5 @@ def install() -> None:
     """
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda signum, frame: request())
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
+        with contextlib.suppress(io.UnsupportedOperation, ValueError):  # stderr not a file
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
