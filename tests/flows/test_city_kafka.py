@@ -60,8 +60,10 @@ def flow_env(kafka: KafkaConfig, out: Path, **extra: str) -> dict[str, str]:
     return env | extra
 
 
-def start_flow(env: dict[str, str], recovery: Path | None, log: Path) -> subprocess.Popen:
-    args = [sys.executable, "-m", "bytewax.run", "flows.city_kafka"]
+def start_flow(
+    env: dict[str, str], recovery: Path | None, log: Path, workers: int = 1
+) -> subprocess.Popen:
+    args = [sys.executable, "-m", "bytewax.run", "flows.city_kafka", "-w", str(workers)]
     if recovery is not None:
         args += ["-r", str(recovery), "-s", "1", "-b", "30"]
     return subprocess.Popen(
@@ -237,33 +239,56 @@ def test_breaches_and_dead_letters_over_kafka(published, small_run, topic_prefix
         consumer.close()
 
 
-def test_sigkill_mid_stream_then_restart_loses_and_doubles_nothing(
-    published, small_run, topic_prefix, tmp_path
-):
-    kafka, events = published
-    kafka = with_outputs(kafka, topic_prefix)
+def new_recovery_store(tmp_path: Path, partitions: int) -> Path:
     recovery = tmp_path / "recovery"
     recovery.mkdir()
     subprocess.run(
-        [sys.executable, "-m", "bytewax.recovery", str(recovery), "1"], check=True, cwd=ROOT
+        [sys.executable, "-m", "bytewax.recovery", str(recovery), str(partitions)],
+        check=True,
+        cwd=ROOT,
     )
-    out = tmp_path / "out"
-    env = flow_env(kafka, out, CITYVITALS__KAFKA__MAX_POLL="300")
-    log = tmp_path / "flow.log"
-    proc = start_flow(env, recovery, log)
+    return recovery
+
+
+def stop_after_first_write(proc: subprocess.Popen, out: Path, log: Path, sig: int) -> int:
+    """Send ``sig`` once the lake has its first file; return the events it holds then."""
     deadline = time.monotonic() + 120
     while not list((out / "lake" / "ingest_batches").glob("date=*/*.parquet")):
-        assert proc.poll() is None, f"the flow ended before the kill:\n{log.read_text()[-3000:]}"
+        assert proc.poll() is None, f"the flow ended before the stop:\n{log.read_text()[-3000:]}"
         assert time.monotonic() < deadline, "nothing written within 120 s"
         time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(sig)
+    code = proc.wait(timeout=120)
+    assert sig == signal.SIGKILL or code == 0, log.read_text()[-3000:]
     con = duckdb.connect(str(out / "cityvitals.duckdb"), read_only=True)
     seen = con.execute("SELECT coalesce(sum(events_in), 0) FROM ingest_batches").fetchone()[0]
     con.close()
-    assert seen < events, "the kill came after the end of the stream"
+    return seen
 
-    finish(start_flow(env, recovery, log), log)
+
+@pytest.mark.parametrize(
+    ("sig", "workers", "resumed_on"),
+    [(signal.SIGKILL, 1, 1), (signal.SIGTERM, 1, 2)],
+    ids=["sigkill-restart", "sigterm-resume-on-2-workers"],
+)
+def test_stopped_mid_stream_then_resumed_loses_and_doubles_nothing(
+    published, small_run, topic_prefix, tmp_path, sig, workers, resumed_on
+):
+    """A crash (SIGKILL) or a clean stop (SIGTERM: open windows stay in state), then a resume.
+
+    Resuming on more workers is rescaling: Bytewax routes recovered state by
+    key, so the same store and shard count serve a cluster of another size.
+    """
+    kafka, events = published
+    kafka = with_outputs(kafka, topic_prefix)
+    recovery = new_recovery_store(tmp_path, 2)
+    out = tmp_path / "out"
+    env = flow_env(kafka, out, CITYVITALS__KAFKA__MAX_POLL="300")
+    log = tmp_path / "flow.log"
+    seen = stop_after_first_write(start_flow(env, recovery, log, workers), out, log, sig)
+    assert seen < events, "the stop came after the end of the stream"
+
+    finish(start_flow(env, recovery, log, resumed_on), log)
     check_outputs(kafka, out, small_run, events)
 
 
@@ -365,48 +390,3 @@ def test_two_processes_of_two_workers_give_what_one_process_gives(
         )
         assert len(got) == len(want), table
         assert got == want, table
-
-
-def test_stopped_by_sigterm_on_one_worker_resumed_on_two_gives_the_same_lake(
-    published, small_run, topic_prefix, tmp_path
-):
-    """Rescaling: Bytewax routes recovered state by key, so a resume may change -w.
-
-    The first start runs on one worker and is stopped midway by SIGTERM (a clean
-    stop: open windows stay in state); the resume runs on two workers from the
-    same recovery store and shard count, and the lake ends as an uninterrupted
-    run's does.
-    """
-    kafka, events = published
-    kafka = with_outputs(kafka, topic_prefix)
-    recovery = tmp_path / "recovery"
-    recovery.mkdir()
-    subprocess.run(
-        [sys.executable, "-m", "bytewax.recovery", str(recovery), "2"], check=True, cwd=ROOT
-    )
-    out = tmp_path / "out"
-    env = flow_env(kafka, out, CITYVITALS__KAFKA__MAX_POLL="300")
-    log = tmp_path / "flow.log"
-
-    def start(workers: int) -> subprocess.Popen:
-        args = [sys.executable, "-m", "bytewax.run", "flows.city_kafka", "-w", str(workers)]
-        args += ["-r", str(recovery), "-s", "1", "-b", "30"]
-        return subprocess.Popen(
-            args, cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
-        )
-
-    proc = start(1)
-    deadline = time.monotonic() + 120
-    while not list((out / "lake" / "ingest_batches").glob("date=*/*.parquet")):
-        assert proc.poll() is None, f"the flow ended before the stop:\n{log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, "nothing written within 120 s"
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
-    con = duckdb.connect(str(out / "cityvitals.duckdb"), read_only=True)
-    seen = con.execute("SELECT coalesce(sum(events_in), 0) FROM ingest_batches").fetchone()[0]
-    con.close()
-    assert 0 < seen < events, "the stop came after the end of the stream"
-
-    finish(start(2), log)
-    check_outputs(kafka, out, small_run, events)
