@@ -38,7 +38,6 @@ import urllib.request
 from collections import Counter as Tally
 from collections.abc import Iterable, Iterator
 from datetime import datetime
-from pathlib import Path
 
 from prometheus_client import (
     REGISTRY,
@@ -175,9 +174,10 @@ def serve(config: MetricsConfig, process: int) -> tuple[str, int] | None:
         port = config.bytewax_port + process
         os.environ["BYTEWAX_DATAFLOW_API_ENABLED"] = "true"
         os.environ["BYTEWAX_DATAFLOW_API_PORT"] = str(port)
-        # The server writes the dataflow's JSON here (Bytewax's default: ./dataflow.json)
-        cache = Path(tempfile.gettempdir()) / f"cityvitals-dataflow-{os.getpid()}.json"
-        os.environ.setdefault("BYTEWAX_DATAFLOW_API_CACHE_PATH", str(cache))
+        # The directory the server writes dataflow.json to (Bytewax's default: the working one)
+        if "BYTEWAX_DATAFLOW_API_CACHE_PATH" not in os.environ:
+            cache = tempfile.mkdtemp(prefix="cityvitals-bytewax-")
+            os.environ["BYTEWAX_DATAFLOW_API_CACHE_PATH"] = cache
         served.register(BytewaxMetrics(f"http://127.0.0.1:{port}/metrics"))
     try:
         server, _ = start_http_server(config.port_of(process), addr=config.host, registry=served)
