@@ -37,8 +37,10 @@ def _config(**settings):
 def _run_flow(source, config) -> float:
     from bytewax.testing import run_main
 
+    from flows import shutdown
     from flows.city import build
 
+    shutdown.install()  # SIGTERM: stop reading, flush the lake sinks, exit 0
     started = time.perf_counter()
     run_main(build(source, config))
     return time.perf_counter() - started
@@ -462,14 +464,15 @@ def _flow_config():
 @click.option(
     "--recovery",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Bytewax recovery directory to initialise if it holds no partitions yet.",
+    help=(
+        "Bytewax recovery directory to initialise if it holds no partitions yet "
+        "(default: recovery.directory of the settings)."
+    ),
 )
 @click.option(
     "--partitions",
     type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Recovery partitions to create (python -m bytewax.recovery DIR N).",
+    help="Recovery partitions to create (default: recovery.partitions of the settings, 1).",
 )
 @click.option(
     "--input-topics",
@@ -477,7 +480,7 @@ def _flow_config():
     metavar="PARTITIONS",
     help="Also create the missing input topics, with this many partitions.",
 )
-def prepare(recovery: Path | None, partitions: int, input_topics: int | None) -> None:
+def prepare(recovery: Path | None, partitions: int | None, input_topics: int | None) -> None:
     """Create the Kafka flow's lake, recovery store and input topics; safe to run again.
 
     Settings come from the environment as for ``python -m bytewax.run
@@ -492,6 +495,8 @@ def prepare(recovery: Path | None, partitions: int, input_topics: int | None) ->
     lake = Lake(config.pipeline.out)
     lake.create()
     click.echo(f"lake ready: {lake.db_path}")
+    recovery = recovery or config.recovery.directory
+    partitions = partitions or config.recovery.partitions
     if recovery is not None:
         existing = sorted(recovery.glob("part-*.sqlite3"))
         if existing:

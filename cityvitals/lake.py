@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from datetime import date
 from pathlib import Path
@@ -213,7 +214,7 @@ class Lake:
         A writer resumed from a snapshot calls this: files written after the
         snapshot will be written again by the replay, so they must go first.
         """
-        prefix = f"part-{writer}-"
+        prefix = f"part-{_name_part(writer)}-"
         gone = []
         for path in self.table_dir(table).glob(f"date=*/{prefix}*.parquet"):
             number = path.name.removeprefix(prefix).removesuffix(".parquet")
@@ -223,7 +224,31 @@ class Lake:
         return sorted(gone)
 
     def _part_path(self, table: str, day: date, writer: str, n: int) -> Path:
-        return self.table_dir(table) / f"date={day.isoformat()}" / f"part-{writer}-{n:06d}.parquet"
+        name = f"part-{_name_part(writer)}-{n:06d}.parquet"
+        return self.table_dir(table) / f"date={day.isoformat()}" / name
+
+
+_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _name_part(text: str) -> str:
+    """``text`` if it is safe in a file name: no separators, no glob characters, no '..'.
+
+    Writer names come from sink state (and, resumed, from a recovery store),
+    so they are checked before they name or select a file.
+
+    >>> _name_part("r3"), _name_part("20260512T060000-41-2")
+    ('r3', '20260512T060000-41-2')
+    >>> _name_part("../../etc")
+    Traceback (most recent call last):
+    ...
+    ValueError: writer name '../../etc' is not a safe file name part (letters, digits, . _ -)
+    """
+    if not _SAFE.fullmatch(text) or ".." in text:
+        raise ValueError(
+            f"writer name {text!r} is not a safe file name part (letters, digits, . _ -)"
+        )
+    return text
 
 
 def _stamp(sql: str) -> str:

@@ -145,7 +145,19 @@ def _describe(err: dict) -> str:
     got = err.get("input")
     if isinstance(got, dict | list):  # a whole entry: its key and line say which
         return msg
+    if _secret_key(err["loc"]):
+        return f"got a value that is not shown (a secret), {msg}"
     return f"got {got!r}, {msg}"
+
+
+def _secret_key(loc: tuple) -> bool:
+    """Whether the key at ``loc`` holds a secret, whose value no message may echo.
+
+    >>> _secret_key(("kafka", "sasl_password")), _secret_key(("kafka", "max_poll"))
+    (True, False)
+    """
+    names = [p.lower() for p in loc if isinstance(p, str)]
+    return bool(names) and any(w in names[-1] for w in ("password", "secret", "token"))
 
 
 def _where(loc: tuple, source: str, lines: dict | None) -> str:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import pickle
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import bytewax.operators as op
@@ -22,6 +23,7 @@ from bytewax.inputs import FixedPartitionedSource
 from bytewax.operators import StatefulLogic
 
 from cityvitals.lake import Lake
+from flows import metrics, shutdown
 from flows.config import KafkaConfig, PipelineConfig, recovery_requested
 from flows.kafka_io import KafkaOutput
 from flows.sinks import ParquetSink
@@ -67,6 +69,7 @@ class Ingested:
     watermark_us: int | None
     max_event_us: int | None
     ended: bool  # the partition's last batch: nothing follows
+    ingested_at: float  # wall clock (Unix seconds) when the batch was decoded
 
 
 @dataclass(slots=True)
@@ -89,6 +92,7 @@ class ShardItem:
     watermark_us: int | None
     max_event_us: int | None
     ended: bool
+    ingested_at: float | None = None
 
 
 class _Ingest:
@@ -103,6 +107,7 @@ class _Ingest:
     def __call__(self, clock: PartitionClock | None, batch: RawBatch):
         clock = clock or PartitionClock(self.config.allowed_lateness)
         decoded = clock.set_aside_late(self.decoder.decode(batch), self.decoder.now())
+        metrics.observe_batch(decoded.frames, decoded.dead["reason"])
         if batch.idle_until is not None:  # an idle partition must not hold windows open
             clock.observe(int(batch.idle_until.timestamp() * 1_000_000))
         parts = split_by_shard(self._aggregator.partials(decoded.frames), self.config.shards)
@@ -112,7 +117,15 @@ class _Ingest:
         if (orders := decoded.frames.get("workorder")) is not None and orders.height:
             timed["changes"] = deadlines.changes(orders)
         timers = split_by_shard(timed, self.config.shards, _TIMER_KEYS)
-        ing = Ingested(decoded, parts, timers, clock.watermark_us, clock.max_event_us, batch.ended)
+        ing = Ingested(
+            decoded,
+            parts,
+            timers,
+            clock.watermark_us,
+            clock.max_event_us,
+            batch.ended,
+            time.time(),
+        )
         return clock, ing
 
 
@@ -129,6 +142,7 @@ class Closed:
 
     values: pl.DataFrame
     watermark: datetime | None
+    ingested_at: float | None = None  # of the batch that closed the windows
 
 
 class _Windows(StatefulLogic[ShardItem, Closed, bytes]):
@@ -148,9 +162,11 @@ class _Windows(StatefulLogic[ShardItem, Closed, bytes]):
             return [], StatefulLogic.RETAIN
         self._said = mark
         at = None if mark is None else datetime.fromtimestamp(mark / 1e6, UTC)
-        return [Closed(out, at)], StatefulLogic.RETAIN
+        return [Closed(out, at, value.ingested_at)], StatefulLogic.RETAIN
 
     def on_eof(self):
+        if shutdown.requested():  # a stop, not the end of the stream: windows stay open
+            return [], StatefulLogic.RETAIN
         out = self.store.flush()  # the end of input is not silence: no watermark
         return ([Closed(out, None)] if out.height else []), StatefulLogic.RETAIN
 
@@ -167,7 +183,7 @@ class _Score(StatefulLogic[Closed, Closed, bytes]):
     def on_item(self, value: Closed):
         scores = self.scorer.score(value.values)
         if scores.height:
-            value = Closed(pl.concat([value.values, scores]), value.watermark)
+            value = replace(value, values=pl.concat([value.values, scores]))
         return [value], StatefulLogic.RETAIN
 
     def snapshot(self) -> bytes:
@@ -236,7 +252,12 @@ def _stamped(frame: pl.DataFrame, schema: pa.Schema) -> pa.Table | None:
 def _to_shards(item: tuple[str, Ingested]) -> list[tuple[str, ShardItem]]:
     partition, ing = item
     return [
-        (str(i), ShardItem(partition, parts, ing.watermark_us, ing.max_event_us, ing.ended))
+        (
+            str(i),
+            ShardItem(
+                partition, parts, ing.watermark_us, ing.max_event_us, ing.ended, ing.ingested_at
+            ),
+        )
         for i, parts in enumerate(ing.shard_parts)
     ]
 
@@ -344,7 +365,9 @@ def build(
 
     def evaluate(ev: Evaluator | None, closed: Closed):
         ev = ev or Evaluator(rules)
-        return ev, ev.evaluate(closed.values, now=datetime.now(UTC), watermark=closed.watermark)
+        graded = ev.evaluate(closed.values, now=datetime.now(UTC), watermark=closed.watermark)
+        metrics.observe_breaches(graded[1], closed.ingested_at)
+        return ev, graded
 
     def grade(tracker: PointTracker | None, routed: tuple[str, list[tuple]]):
         point_id, rows = routed
@@ -390,9 +413,11 @@ def build(
         "windows", sharded, lambda resume: _Windows(_restore(resume, catalog, partitions))
     )
     # (shard, Closed: indicator values of windows just closed, and the watermark)
+    lagged = op.inspect("window_lag", values, metrics.observe_watermark)
+    # (shard, Closed), the shard's watermark lag behind the wall clock measured
     scored = op.stateful(
         "score",
-        values,
+        lagged,
         lambda resume: _Score(pickle.loads(resume) if resume else Scorer(catalog)),
     )
     # (shard, Closed: the same, plus one row per model score of those values)

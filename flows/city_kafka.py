@@ -9,21 +9,35 @@ Start it the Bytewax way; settings come from the YAML file named by
 
 It is :func:`flows.city.build` over a :class:`flows.kafka_io.KafkaInput`, with
 the Kafka outputs switched on; missing output topics are created first when
-``kafka.create_topics`` is set.
+``kafka.create_topics`` is set. Before the flow starts, the process sets up
+its logs (``logging``), serves ``/metrics`` (``metrics``, port + process id)
+and makes SIGTERM a clean stop (:mod:`flows.shutdown`). A bad setting stops
+it here with one message naming the key, the value and what was expected.
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
 import sys
+from pathlib import Path
 
+import orjson
 from bytewax.dataflow import Dataflow
 
+from cityvitals.yamlconf import ConfigError
+from flows import logs, metrics, shutdown
 from flows.city import build
-from flows.config import FlowConfig, load_flow_config, recovery_requested
+from flows.config import FlowConfig, load_flow_config, process_id, recovery_requested
 from flows.kafka_io import KafkaInput, ensure_topics
 
-__all__ = ["build_kafka_flow"]
+__all__ = ["build_kafka_flow", "keep_shard_count"]
+
+log = logging.getLogger("cityvitals.flow")
+
+#: The file in ``pipeline.out`` that records the shard count the recovered state was built with.
+STATE_FILE = "_pipeline.json"
 
 
 def build_kafka_flow(config: FlowConfig) -> Dataflow:
@@ -37,12 +51,67 @@ def build_kafka_flow(config: FlowConfig) -> Dataflow:
     return build(KafkaInput(kafka), config.pipeline, kafka=kafka)
 
 
+def keep_shard_count(out: Path, shards: int) -> None:
+    """Refuse a recovering start whose ``pipeline.shards`` differs from the state's.
+
+    Keyed state (windows, timers, sink writers) lives under the shard ids
+    ``0 .. shards-1`` and every entity is placed by ``hash % shards``: resumed
+    with another count, an entity's history would sit on the wrong shard.
+
+    >>> import tempfile
+    >>> out = Path(tempfile.mkdtemp())
+    >>> keep_shard_count(out, 4); keep_shard_count(out, 4)
+    >>> try:
+    ...     keep_shard_count(out, 8)
+    ... except ConfigError as e:
+    ...     print(e.problems[0].split(" (")[0])
+    pipeline.shards: got 8, expected 4, the shard count of the recovered state in ...
+    """
+    path = out / STATE_FILE
+    if path.is_file():
+        had = orjson.loads(path.read_bytes())["shards"]
+        if had != shards:
+            raise ConfigError(
+                "pipeline.shards",
+                [
+                    f"pipeline.shards: got {shards}, expected {had}, the shard count of the "
+                    f"recovered state in {out} (to change it, start over with an empty "
+                    "pipeline.out and a new recovery directory)"
+                ],
+            )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
+    tmp.write_bytes(orjson.dumps({"shards": shards}))
+    os.replace(tmp, path)
+
+
+def _start(environ, argv) -> Dataflow:
+    config = load_flow_config(environ)
+    process = process_id(argv, environ)
+    if recovery_requested(argv, environ):
+        pipeline = config.pipeline.model_copy(update={"recovery": True})
+        config = config.model_copy(update={"pipeline": pipeline})
+        keep_shard_count(config.pipeline.out, config.pipeline.shards)
+    logs.setup(config.logging)
+    log.info("start", extra={"process_id": process, "pid": os.getpid()})
+    log.info("configuration", extra={"config": config.summary()})
+    shutdown.install()
+    metrics.serve(config.metrics, process)
+    atexit.register(_stopped, process)
+    return build_kafka_flow(config)
+
+
+def _stopped(process: int) -> None:
+    log.info("stop", extra={"process_id": process, "on_sigterm": shutdown.requested()})
+
+
 def __getattr__(name: str) -> Dataflow:
     """``flows.city_kafka.flow`` for ``python -m bytewax.run``, built from the environment."""
     if name != "flow":
         raise AttributeError(name)
-    config = load_flow_config(os.environ)
-    if recovery_requested(sys.argv, os.environ):
-        pipeline = config.pipeline.model_copy(update={"recovery": True})
-        config = config.model_copy(update={"pipeline": pipeline})
-    return build_kafka_flow(config)
+    try:
+        return _start(os.environ, sys.argv)
+    except ConfigError as exc:  # one message, no traceback: the key, the value, the expectation
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -13,15 +13,24 @@ flags: 2 errors
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
-from cityvitals.yamlconf import ConfigError, Duration, load_model, validate_data
+from cityvitals.yamlconf import ConfigError, Duration, KeyedProblems, load_model, validate_data
 from indicators.definitions import DEFAULT_CATALOG
 from thresholds.risk_points import DEFAULT_RISK_POINTS
 from thresholds.rules import DEFAULT_RULES
@@ -32,8 +41,13 @@ __all__ = [
     "FlowConfig",
     "KafkaConfig",
     "KafkaTopics",
+    "LoggingConfig",
+    "MetricsConfig",
+    "PathsConfig",
     "PipelineConfig",
+    "RecoveryConfig",
     "load_flow_config",
+    "process_id",
     "recovery_requested",
 ]
 
@@ -95,19 +109,52 @@ class PipelineConfig(BaseModel):
 #: librdkafka settings the flow sets itself; configuration may not override them.
 _OWNED = frozenset({"bootstrap.servers", "enable.auto.commit", "enable.partition.eof", "group.id"})
 
+#: Typed security settings and the librdkafka keys they set (``client`` may not repeat these).
+_TYPED = {
+    "security_protocol": "security.protocol",
+    "sasl_mechanism": "sasl.mechanism",
+    "sasl_username": "sasl.username",
+    "sasl_password": "sasl.password",
+    "ssl_ca_location": "ssl.ca.location",
+    "ssl_certificate_location": "ssl.certificate.location",
+    "ssl_key_location": "ssl.key.location",
+    "ssl_key_password": "ssl.key.password",
+}
+
+
+def _secret_text(value: Any) -> Any:
+    """YAML reads ``12345`` as a number: a password is text whatever it looks like."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+Secret = Annotated[SecretStr, BeforeValidator(_secret_text)]
+
+
+def _topic_name(value: Any) -> Any:
+    """Kafka's own rule for topic names; they also become file names under the lake."""
+    if isinstance(value, str) and (value in (".", "..") or not _TOPIC.fullmatch(value)):
+        raise ValueError("expected a Kafka topic name: 1-249 of a-z A-Z 0-9 . _ -, not . or ..")
+    return value
+
+
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+Topic = Annotated[str, BeforeValidator(_topic_name)]
+
 
 class KafkaTopics(BaseModel):
     """Topic names: the four input families and the three outputs."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    readings: str = Field(default="city.readings", min_length=1)
-    heartbeats: str = Field(default="city.heartbeats", min_length=1)
-    gates: str = Field(default="city.gates", min_length=1)
-    workorders: str = Field(default="city.workorders", min_length=1)
-    breaches: str = Field(default="city.breaches", min_length=1)
-    deadletter: str = Field(default="city.deadletter", min_length=1)
-    indicators: str | None = Field(
+    readings: Topic = Field(default="city.readings")
+    heartbeats: Topic = Field(default="city.heartbeats")
+    gates: Topic = Field(default="city.gates")
+    workorders: Topic = Field(default="city.workorders")
+    breaches: Topic = Field(default="city.breaches")
+    deadletter: Topic = Field(default="city.deadletter")
+    indicators: Topic | None = Field(
         default=None, description="Indicator values topic; None (the default) publishes none."
     )
 
@@ -125,23 +172,41 @@ class KafkaTopics(BaseModel):
 class KafkaConfig(BaseModel):
     """How the Kafka flow reaches the cluster.
 
-    ``client`` is passed to librdkafka unchanged (security protocol, SASL,
-    SSL paths, client id, ...): see librdkafka's CONFIGURATION.md.
+    Security has typed fields (``security_protocol``, ``sasl_*``, ``ssl_*``),
+    mapped to librdkafka's keys; the two secrets are :class:`~pydantic.SecretStr`,
+    so they never show in a repr, a log line or an error message. ``client`` is
+    passed to librdkafka unchanged for anything else (client id, timeouts, ...):
+    see librdkafka's CONFIGURATION.md.
 
-    >>> KafkaConfig(bootstrap_servers="127.0.0.1:9092").topics.inputs["reading"]
-    'city.readings'
+    >>> k = KafkaConfig(security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+    ...     sasl_username="cv", sasl_password="hunter2")
+    >>> "hunter2" in repr(k), k.client_config()["sasl.password"]
+    (False, 'hunter2')
     >>> try:
-    ...     validate_data({"client": {"group.id": "x"}}, KafkaConfig, "env")
+    ...     validate_data({"client": {"sasl.password": "x"}}, KafkaConfig, "env")
     ... except ConfigError as e:
     ...     print(e.problems[0])
-    env: client: expected no 'group.id': cityvitals sets it itself
+    env: client: expected no 'sasl.password': set kafka.sasl_password instead
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     bootstrap_servers: str = Field(default="127.0.0.1:9092", min_length=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = Field(
+        default=None, description="librdkafka security.protocol; unset: PLAINTEXT."
+    )
+    sasl_mechanism: (
+        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER"] | None
+    ) = Field(default=None, description="librdkafka sasl.mechanism.")
+    sasl_username: str | None = Field(default=None, min_length=1)
+    sasl_password: Secret | None = Field(default=None, description="Never printed.")
+    ssl_ca_location: Path | None = Field(default=None, description="CA certificate (PEM).")
+    ssl_certificate_location: Path | None = Field(default=None, description="Client certificate.")
+    ssl_key_location: Path | None = Field(default=None, description="Client private key.")
+    ssl_key_password: Secret | None = Field(default=None, description="Never printed.")
     client: dict[str, str | int | float | bool] = Field(
-        default_factory=dict, description="librdkafka settings for every client (auth, TLS, ids)."
+        default_factory=dict,
+        description="Other librdkafka settings for every client (client id, timeouts, ...).",
     )
     topics: KafkaTopics = Field(default_factory=KafkaTopics)
     starting_offset: Literal["earliest", "latest"] = Field(
@@ -170,24 +235,192 @@ class KafkaConfig(BaseModel):
         for key in sorted(value):
             if key in _OWNED:
                 raise ValueError(f"expected no {key!r}: cityvitals sets it itself")
+            typed = next((f for f, k in _TYPED.items() if k == key), None)
+            if typed:
+                raise ValueError(f"expected no {key!r}: set kafka.{typed} instead")
         return value
+
+    @model_validator(mode="after")
+    def _sasl_needs_sasl_protocol(self) -> KafkaConfig:
+        sasl = self.sasl_mechanism or self.sasl_username or self.sasl_password
+        if sasl and not (self.security_protocol or "").startswith("SASL_"):
+            got = self.security_protocol
+            raise KeyedProblems(
+                [
+                    (
+                        ("security_protocol",),
+                        f"got {got!r}, expected SASL_SSL or SASL_PLAINTEXT with sasl_* settings",
+                    )
+                ]
+            )
+        return self
+
+    def __repr_args__(self):
+        """The repr, with ``client`` values whose key looks secret masked too."""
+        for name, value in super().__repr_args__():
+            if name == "client":
+                value = {k: "**********" if _secretish(k) else v for k, v in value.items()}
+            yield name, value
 
     def client_config(self, **extra) -> dict:
         """The librdkafka configuration for one client, extra settings last."""
-        return {"bootstrap.servers": self.bootstrap_servers, **self.client, **extra}
+        typed = {}
+        for field, key in _TYPED.items():
+            value = getattr(self, field)
+            if value is not None:
+                typed[key] = (
+                    value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+                )
+        return {"bootstrap.servers": self.bootstrap_servers, **typed, **self.client, **extra}
+
+
+def _secretish(key: str) -> bool:
+    """Whether a setting's name says it holds a secret (``sasl.password``, ``...secret``).
+
+    >>> _secretish("sasl.oauthbearer.client.secret"), _secretish("client.id")
+    (True, False)
+    """
+    key = key.lower()
+    return any(w in key for w in ("password", "secret", "token", "credential"))
 
 
 #: Environment variables starting with this set single settings (see :func:`load_flow_config`).
 ENV_PREFIX = "CITYVITALS__"
 
 
+class MetricsConfig(BaseModel):
+    """The Prometheus endpoint (``/metrics``) of each flow process.
+
+    >>> MetricsConfig(port=9464).port_of(2)
+    9466
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(default=True, description="Serve /metrics.")
+    host: Literal["127.0.0.1", "::1", "localhost", "0.0.0.0", "::"] = Field(
+        default="127.0.0.1",
+        description="Interface to bind; all interfaces (0.0.0.0) only inside a container.",
+    )
+    port: int = Field(
+        default=9464,
+        ge=0,
+        le=65535,
+        description="Port of process 0; process i of a cluster serves on port + i. 0: any free.",
+    )
+    bytewax_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description=(
+            "Also start Bytewax's own Dataflow API server on this port (+ process id) and "
+            "re-export its bytewax_* metrics here. Bytewax binds it on ALL interfaces."
+        ),
+    )
+
+    def port_of(self, process: int) -> int:
+        """The port process ``process`` serves on (0 stays 0: any free port)."""
+        return self.port + process if self.port else 0
+
+
+class LoggingConfig(BaseModel):
+    """Log lines of the ``cityvitals`` and ``flows`` loggers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: Literal["json", "text"] = Field(default="json", description="One JSON object per line.")
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
+
+
+class RecoveryConfig(BaseModel):
+    """Bytewax recovery: pass the same values as ``-r``, ``-s`` and ``-b`` to bytewax.run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    directory: Path | None = Field(default=None, description="Recovery store (-r).")
+    partitions: int = Field(default=1, ge=1, le=4096, description="Store partitions to create.")
+    snapshot_interval: Duration = Field(
+        default=timedelta(seconds=10), description="Time between snapshots (-s)."
+    )
+    backup_interval: Duration = Field(
+        default=timedelta(minutes=1), description="How long old snapshots are kept (-b)."
+    )
+
+
+class PathsConfig(BaseModel):
+    """Where the flow may write."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    root: Path | None = Field(
+        default=None,
+        description=(
+            "Every path the flow writes (pipeline.out, recovery.directory) must be inside "
+            "this directory. Unset: any path without '..' parts."
+        ),
+    )
+
+
 class FlowConfig(BaseModel):
-    """The Kafka flow's settings: a ``pipeline`` and a ``kafka`` section."""
+    """The Kafka flow's settings, one section per concern.
+
+    Written paths stay inside ``paths.root`` and never climb out with ``..``:
+
+    >>> data = {"paths": {"root": "/srv/cv"}, "pipeline": {"out": "/etc"}}
+    >>> try:
+    ...     validate_data(data, FlowConfig, "cv.yaml")
+    ... except ConfigError as e:
+    ...     print(e.problems[0].split(" (")[0])
+    cv.yaml: pipeline.out: got '/etc', expected a path inside paths.root '/srv/cv'
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+
+    @model_validator(mode="after")
+    def _paths_inside_root(self) -> FlowConfig:
+        problems = []
+        for loc, path in (
+            (("pipeline", "out"), self.pipeline.out),
+            (("recovery", "directory"), self.recovery.directory),
+        ):
+            if path is not None and (why := _outside(path, self.paths.root)):
+                problems.append((loc, f"got {str(path)!r}, expected {why}"))
+        if problems:
+            raise KeyedProblems(problems)
+        return self
+
+    def summary(self) -> dict[str, Any]:
+        """Every setting as JSON-ready values, secrets masked: for the start log line."""
+        data = self.model_dump(mode="json")
+        client = data["kafka"]["client"]
+        data["kafka"]["client"] = {
+            k: "**********" if _secretish(k) else v for k, v in client.items()
+        }
+        return data
+
+
+def _outside(path: Path, root: Path | None) -> str | None:
+    """What is wrong with ``path`` as a place to write under ``root``; None if nothing.
+
+    >>> _outside(Path("data/../../etc"), None)
+    "a path without '..' parts"
+    >>> _outside(Path("/srv/cv/data"), Path("/srv/cv")) is None
+    True
+    """
+    if root is None:
+        return "a path without '..' parts" if ".." in path.parts else None
+    base = root.resolve()
+    full = (base / path).resolve()
+    if full != base and base not in full.parents:
+        return f"a path inside paths.root {str(root)!r} (relative paths are taken from there)"
+    return None
 
 
 def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -215,7 +448,8 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str
         node = out
         for key in path[:-1]:
             node = node.setdefault(key, {})
-        node[path[-1]] = yaml.safe_load(text) if text.strip() else text
+        secret = _secretish(path[-1])  # a password is text, whatever it looks like
+        node[path[-1]] = yaml.safe_load(text) if text.strip() and not secret else text
         names[".".join(path)] = name
     return out, names
 
@@ -279,3 +513,19 @@ def recovery_requested(argv: list[str], environ: Mapping[str, str]) -> bool:
     return bool(environ.get("BYTEWAX_RECOVERY_DIRECTORY")) or any(
         a in flags or a.startswith("--recovery-directory=") for a in argv
     )
+
+
+def process_id(argv: list[str], environ: Mapping[str, str]) -> int:
+    """This process's id in a ``bytewax.run`` cluster (``-i``, or its variable); 0 alone.
+
+    >>> process_id(["bytewax.run", "flows.city_kafka", "-i", "1", "-a", "a:1;b:2"], {})
+    1
+    >>> process_id(["x"], {"BYTEWAX_PROCESS_ID": "3"}), process_id(["x"], {})
+    (3, 0)
+    """
+    for i, arg in enumerate(argv):
+        if arg in ("-i", "--process-id") and i + 1 < len(argv):
+            return int(argv[i + 1])
+        if arg.startswith("--process-id="):
+            return int(arg.split("=", 1)[1])
+    return int(environ.get("BYTEWAX_PROCESS_ID") or 0)

@@ -46,6 +46,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from flows import shutdown
 from flows.config import KafkaConfig
 from schemas.decode import RawBatch, partition_key
 from schemas.messages import ID_HEADER, OutMessage
@@ -183,6 +184,8 @@ class _InputPartition(StatefulSourcePartition[RawBatch, int]):
         self._consumer.assign([TopicPartition(topic, partition, self._next)])
 
     def next_batch(self) -> list[RawBatch]:
+        if shutdown.requested():  # SIGTERM: end here, without saying the data ended
+            raise StopIteration
         if self._done:
             if not self._said_end:  # once more after the end: say that nothing follows
                 self._said_end = True
@@ -264,7 +267,17 @@ class KafkaInput(FixedPartitionedSource[RawBatch, int]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None):
         topic, partition = for_part.rsplit("#", 1)
-        return _InputPartition(self.kafka, topic, int(partition), resume_state)
+        part = _InputPartition(self.kafka, topic, int(partition), resume_state)
+        log.info(
+            "partition assigned",
+            extra={
+                "topic": topic,
+                "partition": int(partition),
+                "offset": part.snapshot(),
+                "resumed": resume_state is not None,
+            },
+        )
+        return part
 
 
 # -- sink -----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ Without it (one-off runs that append), every run writes under a new name.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from datetime import timedelta
@@ -29,8 +30,12 @@ import pyarrow as pa
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from cityvitals.lake import Lake
+from flows import shutdown
+from flows.metrics import observe_sink
 
 __all__ = ["ParquetSink"]
+
+log = logging.getLogger("cityvitals.sinks")
 
 
 class _Partition(StatefulSinkPartition[pa.Table, tuple[str, int]]):
@@ -58,8 +63,23 @@ class _Partition(StatefulSinkPartition[pa.Table, tuple[str, int]]):
 
     def _flush(self) -> None:
         if self._buffer:
+            started = time.perf_counter()
             data = pa.concat_tables(self._buffer, promote_options="none")
-            self._seq += len(self._lake.write(self._table, data, self._writer, self._seq))
+            files = self._lake.write(self._table, data, self._writer, self._seq)
+            self._seq += len(files)
+            seconds = time.perf_counter() - started
+            observe_sink(self._table, data.num_rows, seconds)
+            log.log(
+                logging.INFO if shutdown.requested() else logging.DEBUG,  # the last ones: INFO
+                "flush",
+                extra={
+                    "table": self._table,
+                    "writer": self._writer,
+                    "rows": data.num_rows,
+                    "files": len(files),
+                    "seconds": round(seconds, 4),
+                },
+            )
         self._buffer, self._buffered, self._last = [], 0, time.monotonic()
 
     def snapshot(self) -> tuple[str, int]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from flows import shutdown
 from schemas.decode import RawBatch, partition_key
 
 __all__ = ["BatchIteratorSource", "JsonLinesSource"]
@@ -25,6 +26,8 @@ class _FilePartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
         self._file.seek(self._byte)
 
     def next_batch(self) -> list[RawBatch]:
+        if shutdown.requested():  # SIGTERM: stop reading, let the sinks flush
+            raise StopIteration
         lines = []
         for _ in range(self._batch_size):
             line = self._file.readline()

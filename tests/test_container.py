@@ -747,8 +747,9 @@ def test_compose_checker_catches(compose_text, dockerfile, old, new, expected):
 
 def test_committed_settings_file_holds_no_secret():
     data = yaml.safe_load((ROOT / "config" / "kafka.compose.yaml").read_text(encoding="utf-8"))
-    client = data["kafka"]["client"]
-    assert not [k for k in client if SECRET_ARG.search(k) or "sasl" in k], client
+    kafka = data["kafka"]
+    assert not [k for k in kafka.get("client", {}) if SECRET_ARG.search(k) or "sasl" in k], kafka
+    assert not [k for k in kafka if "password" in k], kafka
 
 
 def test_prepare_creates_the_input_topics_the_flow_reads(kafka_bootstrap, topic_prefix, tmp_path):
@@ -784,11 +785,10 @@ def test_no_secret_in_the_output_of_the_container_commands(tmp_path, broken):
     settings = tmp_path / "kafka.yaml"
     settings.write_text(
         "kafka:\n"
-        "  client:\n"
-        "    security.protocol: SASL_PLAINTEXT\n"
-        "    sasl.mechanism: PLAIN\n"
-        "    sasl.username: cityvitals\n"
-        f"    sasl.password: {secret}\n" + ("  max_poll: 0\n" if broken else ""),
+        "  security_protocol: SASL_PLAINTEXT\n"
+        "  sasl_mechanism: PLAIN\n"
+        "  sasl_username: cityvitals\n"
+        f"  sasl_password: {secret}\n" + ("  max_poll: 0\n" if broken else ""),
         encoding="utf-8",
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CITYVITALS", "BYTEWAX_"))}

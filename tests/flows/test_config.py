@@ -30,14 +30,21 @@ def test_the_environment_wins_over_the_file_and_keeps_the_rest(tmp_path):
             "CITYVITALS_CONFIG": str(path),
             "KAFKA_BOOTSTRAP_SERVERS": "kafka-2:9092",
             "CITYVITALS__KAFKA__STOP_AT_END": "true",
-            "CITYVITALS__KAFKA__CLIENT__SECURITY_PROTOCOL": "SASL_SSL",
+            "CITYVITALS__KAFKA__CLIENT__CLIENT_ID": "district-7",
+            "CITYVITALS__KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
+            "CITYVITALS__KAFKA__SASL_MECHANISM": "PLAIN",
+            "CITYVITALS__KAFKA__SASL_USERNAME": "cv",
+            "CITYVITALS__KAFKA__SASL_PASSWORD": "12345",
             "CITYVITALS__PIPELINE__ALLOWED_LATENESS": "1m",
         }
     )
     assert config.kafka.bootstrap_servers == "kafka-2:9092"
     assert config.kafka.max_poll == 500  # from the file
     assert config.kafka.stop_at_end is True
-    assert config.kafka.client == {"security.protocol": "SASL_SSL"}
+    assert config.kafka.client == {"client.id": "district-7"}
+    librdkafka = config.kafka.client_config()
+    assert librdkafka["security.protocol"] == "SASL_SSL"
+    assert librdkafka["sasl.password"] == "12345"  # a password that looks like a number is text
     assert config.pipeline.allowed_lateness.total_seconds() == 60
     assert config.kafka.client_config()["bootstrap.servers"] == "kafka-2:9092"
 
@@ -64,3 +71,36 @@ def test_a_bad_variable_is_named_in_the_error():
 def test_a_missing_config_file_is_named():
     with pytest.raises(ConfigError, match=r"nowhere\.yaml: cannot read"):
         load_flow_config({"CITYVITALS_CONFIG": "/nowhere.yaml"})
+
+
+def test_secrets_never_show_in_errors_or_reprs(tmp_path):
+    """A bad secret is named by its key only; a good one stays out of repr and summary."""
+    bad = FIXTURES / "kafka_security.bad.yaml"
+    with pytest.raises(ConfigError) as err:
+        load_flow_config({"CITYVITALS_CONFIG": str(bad)})
+    assert "hunter2" not in str(err.value)
+    assert "True" not in str(err.value)  # ssl_key_password: true is not echoed either
+
+    secret = "pw-" + "7" * 12
+    with pytest.raises(ConfigError) as err:
+        load_flow_config(
+            {
+                "CITYVITALS__KAFKA__SASL_USERNAME": "cv",
+                "CITYVITALS__KAFKA__SASL_PASSWORD": secret,  # without a SASL protocol
+            }
+        )
+    assert "security_protocol" in str(err.value)
+    assert secret not in str(err.value)
+
+    config = load_flow_config(
+        {
+            "CITYVITALS__KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
+            "CITYVITALS__KAFKA__SASL_USERNAME": "cv",
+            "CITYVITALS__KAFKA__SASL_PASSWORD": secret,
+            "CITYVITALS__KAFKA__SSL_KEY_PASSWORD": secret,
+            "CITYVITALS__KAFKA__CLIENT__SASL_OAUTHBEARER_CLIENT_SECRET": secret,
+        }
+    )
+    assert config.kafka.client_config()["sasl.password"] == secret
+    for shown in (repr(config), str(config), repr(config.kafka), str(config.summary())):
+        assert secret not in shown
