@@ -66,6 +66,7 @@ import polars as pl
 from river import anomaly, drift, preprocessing, stats
 from scipy.special import erf
 
+from indicators.aggregate import ENGINE
 from indicators.definitions import (
     AdwinModel,
     Catalog,
@@ -273,7 +274,11 @@ class Scorer:
         self._models = {
             m.id: EwmScores(m) if m.kind == "ewm_zscore" else RiverScores(m) for m in catalog.models
         }
-        self._units = {d.id: d for d in catalog.indicators}
+        # every indicator a model reads: its source and its features
+        self._read = sorted(
+            {m.indicator for m in catalog.models}
+            | {f for m in catalog.models for f in getattr(m, "features", None) or ()}
+        )
 
     @property
     def refused(self) -> dict[str, int]:
@@ -284,44 +289,84 @@ class Scorer:
         return self._models[model_id]
 
     def score(self, values: pl.DataFrame) -> pl.DataFrame:
-        """The score rows of every model whose source indicator is in ``values``."""
-        out = [self._score_one(model_id, values) for model_id in self._models]
-        out = [f for f in out if f.height]
-        return pl.concat(out) if out else values.clear()
+        """The score rows of every model whose source indicator is in ``values``.
 
-    def _score_one(self, model_id: str, values: pl.DataFrame) -> pl.DataFrame:
-        state = self._models[model_id]
-        m = state.model
-        rows = values.filter(
-            (pl.col("indicator_id") == m.indicator) & pl.col("value").is_not_nan()
-        ).drop_nulls("value")
-        if not rows.height:
-            return values.clear()
-        features = getattr(m, "features", None)
-        if features:
-            for f in features:
-                other = values.filter(pl.col("indicator_id") == f).select(
-                    "entity_id", "window_start", pl.col("value").alias(f)
-                )
-                rows = rows.join(other, on=["entity_id", "window_start"], how="inner")
-            rows = rows.drop_nulls(features)
-        rows = rows.sort("entity_id", "window_start").with_columns(
-            _round=pl.int_range(pl.len()).over("entity_id")
+        One query picks the values any model reads, each series' windows in
+        window order (its k-th window of the batch in round k); each model then
+        learns round by round, so a series learns its windows in order.
+        """
+        wanted = pl.Series(self._read, dtype=pl.String).implode()
+        mine = (
+            values.lazy()
+            .filter(
+                pl.col("indicator_id").is_in(wanted)
+                & pl.col("value").is_not_null()
+                & pl.col("value").is_not_nan()
+            )
+            .sort("indicator_id", "entity_id", "window_start")
+            .with_columns(_round=pl.int_range(pl.len()).over("indicator_id", "entity_id"))
+            .collect(engine=ENGINE)
         )
-        scored = []
-        for (_,), part in rows.partition_by("_round", as_dict=True, maintain_order=True).items():
-            entities = part["entity_id"].to_list()
+        if not mine.height:
+            return values.clear()
+        source = mine["indicator_id"].to_numpy()
+        entities = mine["entity_id"].to_numpy()
+        rounds = mine["_round"].to_numpy()
+        x = mine["value"].to_numpy()
+        picked, ids, scores = [], [], []
+        for state in self._models.values():
+            m = state.model
+            features = getattr(m, "features", None)
+            at = np.flatnonzero(source == m.indicator)
+            if not len(at):
+                continue
             if features:
-                cols = [m.indicator, *features]
-                x = part.select(pl.col("value").alias(m.indicator), *features).rows()
-                inputs = [dict(zip(cols, r, strict=True)) for r in x]
+                at, got = self._with_features(state, mine)
             else:
-                inputs = part["value"].to_numpy()
-            scores = state.update(entities, inputs)
-            scored.append(part.with_columns(value=pl.Series(scores, dtype=pl.Float64)))
-        result = pl.concat(scored).filter(pl.col("value").is_not_nan())
-        return result.select(
-            pl.lit(m.id).alias("indicator_id"),
-            *[c for c in values.columns if c not in ("indicator_id", "unit")],
-            pl.lit("score").alias("unit"),
-        ).select(values.columns)
+                got = np.full(len(at), np.nan)
+                for r in range(int(rounds[at].max()) + 1):
+                    k = np.flatnonzero(rounds[at] == r)
+                    got[k] = state.update(entities[at[k]].tolist(), x[at[k]])
+            keep = ~np.isnan(got)
+            picked.append(at[keep])
+            ids.append(np.full(int(keep.sum()), m.id, dtype=object))
+            scores.append(got[keep])
+        if not picked:
+            return values.clear()
+        rows = np.concatenate(picked)
+        return (
+            mine.lazy()
+            .select(pl.all().gather(pl.Series(rows, dtype=pl.Int64)))
+            .with_columns(
+                indicator_id=pl.Series(np.concatenate(ids), dtype=pl.String),
+                value=pl.Series(np.concatenate(scores), dtype=pl.Float64),
+                unit=pl.lit("score"),
+            )
+            .select(values.columns)
+            .collect(engine=ENGINE)
+        )
+
+    def _with_features(
+        self, state: RiverScores, mine: pl.DataFrame
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of ``mine`` a several-feature model scores, and their scores (NaN: none).
+
+        A window is scored only when every feature has a value for it.
+        """
+        m = state.model
+        rows = mine.with_row_index("_at").filter(pl.col("indicator_id") == m.indicator)
+        for f in m.features:
+            other = mine.filter(pl.col("indicator_id") == f)
+            other = other.select("entity_id", "window_start", pl.col("value").alias(f))
+            rows = rows.join(other, on=["entity_id", "window_start"], how="inner")
+        rows = rows.sort("_at")
+        cols = [m.indicator, *m.features]
+        table = rows.select(pl.col("value").alias(m.indicator), *m.features).rows()
+        rounds = rows["_round"].to_numpy()
+        entities = rows["entity_id"].to_list()
+        got = np.full(rows.height, np.nan)
+        for r in range(int(rounds.max()) + 1 if rows.height else 0):
+            k = np.flatnonzero(rounds == r)
+            inputs = [dict(zip(cols, table[i], strict=True)) for i in k]
+            got[k] = state.update([entities[i] for i in k], inputs)
+        return rows["_at"].to_numpy().astype(np.int64), got
