@@ -7,7 +7,8 @@ one read-only connection, so the report and the notebooks can't disagree.
 Files written to the output directory:
 
 - ``summary.md``: sector states now, open alerts, alerts per sector and day,
-  the lowest device online rates, 1510 dispatch compliance, top breaches;
+  the lowest device online rates, 1510 dispatch compliance, risk points graded
+  up and their level now, top breaches;
 - ``sectors.png``: values out of normal per sector over the day;
 - ``online_rate.png``: device online rate per type over the day (worst grid);
 - ``sla.png``: on-time dispatch share per department;
@@ -79,6 +80,10 @@ def overview(con: duckdb.DuckDBPyConnection) -> dict[str, pl.DataFrame]:
             "SELECT department, sum(dispatched) AS dispatched, sum(on_time) AS on_time, "
             "sum(on_time) / nullif(sum(dispatched), 0) AS compliance, sum(overdue) AS overdue "
             "FROM workorder_sla WHERE event_class = '*' GROUP BY ALL ORDER BY department"
+        ),
+        "risk_points_now": q(
+            "SELECT * FROM risk_points_now "
+            "ORDER BY severity_rank(level) DESC, severity_rank(peak_level) DESC, risk_point_id"
         ),
         "top_breaches": q(
             f"SELECT * FROM alerts ORDER BY severity_rank(peak_severity) DESC, first_ts LIMIT {TOP}"
@@ -157,7 +162,14 @@ def _markdown(f: dict[str, pl.DataFrame], lake: Lake) -> str:
         f"Dispatched on time: {on_time} of {dispatched} ({share}); orders never dispatched by "
         "their deadline are counted under `overdue`.\n\n",
         _table(sla, ["department", "dispatched", "on_time", "compliance", "overdue"]),
-        "![sla](sla.png)\n\n## Top breaches\n",
+        "![sla](sla.png)\n\n## Risk points\n",
+        f"{f['risk_points_now'].height} risk points changed level; their level now (the others "
+        "are normal):\n\n",
+        _table(
+            f["risk_points_now"],
+            ["risk_point_id", "category", "grid_id", "level", "since", "peak_level", "changes"],
+        ),
+        "\n## Top breaches\n",
         _table(
             f["top_breaches"],
             ["peak_severity", "sector", "indicator_id", "entity_id", "first_ts", "peak_value"],

@@ -200,3 +200,18 @@ SELECT
 FROM risk_levels
 WHERE risk_point_id = point
 ORDER BY event_ts, emitted_at
+;
+-- Every risk point that has ever changed level: its level now and since when, the score of that
+-- change, its gravest level and how many changes. A point never graded up is normal and absent.
+CREATE VIEW risk_points_now AS
+SELECT
+    risk_point_id,
+    any_value(category) AS category,
+    any_value(grid_id) AS grid_id,
+    arg_max(to_level, event_ts) AS level,
+    max(event_ts) AS since,
+    arg_max(score, event_ts) AS score,
+    severity_of(max(severity_rank(to_level))) AS peak_level,
+    count(*) AS changes
+FROM risk_levels
+GROUP BY risk_point_id

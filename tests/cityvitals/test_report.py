@@ -43,6 +43,16 @@ def test_report_on_the_small_lake(small_run, tmp_path):
     # Every sector of the indicator values has its row under "Sectors now".
     for (sector,) in con.execute("SELECT DISTINCT sector FROM indicator_values").fetchall():
         assert f"\n| {sector} | " in summary, sector
+    # Every risk point that changed level, with the level its last change led to.
+    last = con.execute(
+        "SELECT risk_point_id, arg_max(to_level, event_ts), count(*) FROM risk_levels GROUP BY 1"
+    ).fetchall()
+    assert last, "the scenario graded no risk point"
+    assert f"{len(last)} risk points changed level" in summary
+    for point, level, changes in last:
+        row = re.search(rf"\| {re.escape(point)} \| [^\n]*", summary)
+        assert row, point
+        assert f"| {level} |" in row.group(0) and row.group(0).endswith(f"| {changes} |")
 
 
 def test_report_without_a_lake_says_so(tmp_path):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -205,3 +207,17 @@ def test_risk_level_history_of_the_rain_grids_road_section(small_run):
         assert before[3] == (after[4] - before[4]).total_seconds()
     assert history[-1][3] is None  # the last level is still in force
     assert {h[2] for h in history} == {"upgraded", "downgraded"}
+
+
+def test_every_example_of_the_readme_views_table_runs(small_run):
+    """The README's example per view and macro is a query that works on a scenario lake."""
+    _, lake = small_run
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Views and macros for analysts", 1)[1].split("\n### ", 1)[0]
+    examples = re.findall(r"\| `(SELECT [^`]+)` \|", section)
+    undocumented = [name for name, _ in objects() if f"`{name}" not in section]
+    assert undocumented == []
+    con = lake.connect()
+    for query in examples:
+        con.execute(query).fetchall()  # raises on a wrong name, column or macro argument
+    assert len(examples) >= len(VIEWS)
