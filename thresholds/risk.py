@@ -30,14 +30,16 @@ depend on the input only.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from schemas.families import SEVERITIES
 from thresholds.risk_points import BaseFactor, DynamicFactor, GradingModel, RiskPoint
 
 __all__ = ["Change", "Contribution", "Grader", "PointTracker", "Score", "score"]
 
-_RANK = {"normal": 0, "blue": 1, "yellow": 2, "orange": 3, "red": 4}
+_RANK = {name: i for i, name in enumerate(SEVERITIES)}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -183,8 +185,7 @@ class PointTracker:
                 out.append(self._record(change, s, t))
             self._next = t + self.step
         for name, s in series.items():  # keep the latest value at or before the next window
-            keep = max((i for i, (end, _) in enumerate(s) if end <= self._next), default=0)
-            series[name] = s[keep:]
+            series[name] = s[max(bisect_right(s, self._next, key=_end) - 1, 0) :]
         return out
 
     def _record(self, change: Change, s: Score, t: datetime) -> dict:
@@ -209,12 +210,11 @@ class PointTracker:
 
 def _at(series: list[tuple[datetime, float]], t: datetime) -> float:
     """The value of the latest window ending at or before ``t`` (the first one if none)."""
-    value = series[0][1]
-    for end, v in series:
-        if end > t:
-            break
-        value = v
-    return value
+    return series[max(bisect_right(series, t, key=_end) - 1, 0)][1]
+
+
+def _end(window: tuple[datetime, float]) -> datetime:
+    return window[0]
 
 
 def _ceil(ts: datetime, step: timedelta) -> datetime:

@@ -42,7 +42,7 @@ __all__ = [
 
 DEFAULT_RISK_POINTS = Path(__file__).with_name("risk_points.yaml")
 
-Level = Literal["blue", "yellow", "orange", "red"]
+Level = Literal[SEVERITIES[1:]]  # type: ignore[valid-type]
 Category = Literal[RISK_CATEGORIES]  # type: ignore[valid-type]
 _LEVELS = SEVERITIES[1:]
 
@@ -69,7 +69,7 @@ class GradingModel(_Strict):
     @model_validator(mode="after")
     def _ordered(self) -> GradingModel:
         problems: list[tuple[tuple, str]] = []
-        names = [n for n in _LEVELS if n in self.levels]
+        names = self.names
         bounds = [self.levels[n] for n in names]
         for name, bound in self.levels.items():
             if not 0.0 < bound <= 1.0:
