@@ -123,9 +123,10 @@ _TYPED = {
 
 
 def _secret_text(value: Any) -> Any:
-    """YAML reads ``12345`` as a number: a password is text whatever it looks like."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
+    """A password must be text: YAML reads ``0123`` as 83 and ``1e3`` as 1000.0, so a number
+    from the file could only be turned back into the wrong password."""
+    if isinstance(value, int | float | bool):
+        raise ValueError("expected text: quote the password in the YAML file ('...')")
     return value
 
 
@@ -417,9 +418,9 @@ def _outside(path: Path, root: Path | None) -> str | None:
     if root is None:
         return "a path without '..' parts" if ".." in path.parts else None
     base = root.resolve()
-    full = (base / path).resolve()
+    full = path.resolve()  # a relative path is opened from the working directory
     if full != base and base not in full.parents:
-        return f"a path inside paths.root {str(root)!r} (relative paths are taken from there)"
+        return f"a path inside paths.root {str(root)!r}"
     return None
 
 
