@@ -136,22 +136,23 @@ def _utc(ts: pl.Series, name: str) -> pl.Series:
     """Timestamps as UTC datetimes: aware ones converted, naive ones read as UTC."""
     dtype = ts.dtype
     if isinstance(dtype, pl.Datetime):
-        if dtype.time_zone is None:
-            return ts.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
-        return ts.cast(pl.Datetime("us", dtype.time_zone)).dt.convert_time_zone("UTC")
-    if dtype != pl.String:
+        zone = dtype.time_zone
+        parsed = ts.cast(pl.Datetime("us", zone))
+        if zone is None:
+            parsed = parsed.dt.replace_time_zone("UTC")
+        parsed = parsed.dt.convert_time_zone("UTC")
+        expected = "a timestamp"
+    elif dtype == pl.String:
+        text = ts.str.strip_chars()
+        aware = text.str.contains(r"\d:\d\d(?::\d\d(?:\.\d+)?)?\s*(?:Z|z|[+-]\d\d(?::?\d\d)?)$")
+        text = pl.select(pl.when(aware).then(text).otherwise(text + "Z")).to_series()
+        parsed = text.str.to_datetime(time_unit="us", time_zone="UTC", strict=False)
+        expected = "an ISO 8601 date-time such as 2026-05-12T08:00:00Z (naive ones are read as UTC)"
+    else:
         raise ReplayError(f"{name}: timestamp: expected date-times, got {dtype}")
-    text = ts.str.strip_chars()
-    aware = text.str.contains(r"\d:\d\d(?::\d\d(?:\.\d+)?)?\s*(?:Z|z|[+-]\d\d(?::?\d\d)?)$")
-    text = pl.select(pl.when(aware).then(text).otherwise(text + "Z")).to_series()
-    parsed = text.str.to_datetime(time_unit="us", time_zone="UTC", strict=False)
-    bad = parsed.is_null() & ts.is_not_null() | ts.is_null()
-    if bad.any():
+    if (bad := parsed.is_null()).any():
         i = int(bad.arg_true()[0])
-        raise ReplayError(
-            f"{name}: row {i + 1}: timestamp: got {ts[i]!r}, expected an ISO 8601 date-time "
-            "such as 2026-05-12T08:00:00Z (naive ones are read as UTC)"
-        )
+        raise ReplayError(f"{name}: row {i + 1}: timestamp: got {ts[i]!r}, expected {expected}")
     return parsed
 
 

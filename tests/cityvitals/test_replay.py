@@ -237,3 +237,14 @@ def load_rules_with(rule):
 
     rules = load_rules()
     return rules.model_copy(update={"rules": [*rules.rules, rule]})
+
+
+def test_a_missing_timestamp_in_parquet_is_refused_with_its_row(tmp_path):
+    path = tmp_path / "in.parquet"
+    t0 = datetime(2026, 5, 12, 6, tzinfo=UTC)
+    pl.DataFrame(
+        {"timestamp": [t0, None, t0 + timedelta(minutes=5)], "value": [1.0, 2.0, 3.0]}
+    ).write_parquet(path)
+    result = _invoke(str(path), "--model", "flood.water_level.anomaly")
+    assert result.exit_code == 1
+    assert "row 2: timestamp: got None, expected a timestamp" in result.output
