@@ -416,13 +416,12 @@ class Catalog(_Strict):
     def problems(self, context: dict) -> list[tuple[tuple, str]]:
         """Checks across entries, each reported at the entry that breaks it."""
         found = repeated_ids("indicators", [d.id for d in self.indicators])
+        found += repeated_ids("models", [m.id for m in self.models], "model")
         known = {d.id: d for d in self.indicators}
         unknown = "expected an indicator of the catalogue"
         for i, m in enumerate(self.models):
             if m.id in known:
                 found.append((("models", i, "id"), f"got '{m.id}', expected an id of no indicator"))
-            elif m.id in [o.id for o in self.models[:i]]:
-                found.append((("models", i, "id"), f"got '{m.id}', expected a unique model id"))
             source = known.get(m.indicator)
             if source is None:
                 found.append((("models", i, "indicator"), f"got '{m.indicator}', {unknown}"))

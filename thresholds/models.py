@@ -75,14 +75,10 @@ from indicators.definitions import (
     QuantileModel,
 )
 
-__all__ = ["EwmScores", "RiverScores", "Scorer", "SeriesCapReached", "z_score"]
+__all__ = ["EwmScores", "RiverScores", "Scorer", "z_score"]
 
 _SQRT2 = math.sqrt(2.0)
 _TINY = 1e-12
-
-
-class SeriesCapReached(RuntimeError):
-    """A heavier model was asked for more series than its ``max_series``."""
 
 
 def z_score(z: np.ndarray, direction: str) -> np.ndarray:
@@ -284,9 +280,6 @@ class Scorer:
     def refused(self) -> dict[str, int]:
         """Per heavier model, the series it refused (beyond its ``max_series``)."""
         return {k: v.refused for k, v in self._models.items() if isinstance(v, RiverScores)}
-
-    def model(self, model_id: str) -> EwmScores | RiverScores:
-        return self._models[model_id]
 
     def score(self, values: pl.DataFrame) -> pl.DataFrame:
         """The score rows of every model whose source indicator is in ``values``.
