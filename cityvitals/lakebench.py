@@ -32,23 +32,20 @@ import numpy as np
 import pyarrow as pa
 
 from cityvitals.lake import Lake
+from cityvitals.views import objects
 from indicators.definitions import load_catalog
 from schemas.families import DEVICE_TYPES, EVENT_CLASSES, OUTPUT_TABLES, SEVERITIES
 
 __all__ = ["QUERIES", "synthetic_lake", "time_views"]
 
-#: One query per view and macro, as an analyst would run it ({alert} and {point} are filled in).
+#: Arguments of the table macros, as an analyst would call them ({alert} and {point} filled in).
+_MACRO_ARGS = {"alert_life": "'{alert}'", "risk_level_history": "'{point}'"}
+
+#: One query per view and table macro of :mod:`cityvitals.views`.
 QUERIES: dict[str, str] = {
-    "latest_values": "SELECT * FROM latest_values",
-    "sector_now": "SELECT * FROM sector_now",
-    "sector_timeline": "SELECT * FROM sector_timeline",
-    "alerts": "SELECT * FROM alerts",
-    "open_alerts": "SELECT * FROM open_alerts",
-    "alert_life": "SELECT * FROM alert_life('{alert}')",
-    "breaches_per_sector_day": "SELECT * FROM breaches_per_sector_day",
-    "device_online_rate": "SELECT * FROM device_online_rate",
-    "workorder_sla": "SELECT * FROM workorder_sla",
-    "risk_level_history": "SELECT * FROM risk_level_history('{point}')",
+    name: f"SELECT * FROM {name}" + (f"({_MACRO_ARGS[name]})" if kind == "macro" else "")
+    for name, kind in objects()
+    if kind == "view" or name in _MACRO_ARGS
 }
 
 START = datetime(2026, 5, 5, tzinfo=UTC)

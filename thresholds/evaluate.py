@@ -489,7 +489,3 @@ def _worse(rule: Rule, peak: float, value: float) -> float:
     low, high = rule.variants[0].span(next(iter(rule.levels)), "outside")
     middle = (low + high) / 2
     return value if abs(value - middle) > abs(peak - middle) else peak
-
-
-def _rank(level: pl.Expr) -> pl.Expr:
-    return level.replace_strict(_RANK, default=0, return_dtype=pl.Int8)
