@@ -50,7 +50,7 @@ __all__ = ["VALUES_SCHEMA", "WindowStore"]
 #: Indicator values as the store emits them (the evaluator adds ``level``).
 VALUES_SCHEMA = polars_schema(INDICATOR_VALUES, drop=("level",))
 
-_COMPACT_AFTER = 16  # partial frames per indicator before they are merged
+_COMPACT_AFTER = 16  # partial frames the column state holds before they are merged
 
 
 def _catalog_frame(catalog: Catalog) -> pl.DataFrame:
