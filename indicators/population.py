@@ -59,27 +59,23 @@ class Population:
         while self._next + w <= until_us:
             start = self._next
             out = self._close_window(start, by_start.pop((start,), None))
-            if not isinstance(out, pl.DataFrame | pl.LazyFrame):  # tuples, maybe lazily made
+            if not isinstance(out, pl.DataFrame):  # tuples, maybe lazily made
                 out = pl.DataFrame(list(out), schema=RAW_SCHEMA, orient="row")
             outs.append(out)
             self._next = start + w
         rest = [part for (start,), part in by_start.items() if start >= self._next]
         self._parts = [pl.concat(rest)] if rest else []
-        closed = [out for out in self._settle(outs) if out.height]
+        closed = [out for out in outs if out.height]
         if not closed:
             return None
         return pl.concat(closed) if len(closed) > 1 else closed[0]
 
     def _close_window(
         self, start: int, rows: pl.DataFrame | None
-    ) -> pl.DataFrame | pl.LazyFrame | Iterable[tuple]:
+    ) -> pl.DataFrame | Iterable[tuple]:
         """The ``(entity_id, start, value, samples)`` rows of the window at ``start``:
-        a frame of :data:`RAW_SCHEMA`, tuples, or a plan that :meth:`_settle` runs."""
+        a frame of :data:`RAW_SCHEMA`, or tuples."""
         raise NotImplementedError
-
-    def _settle(self, outs: list) -> list:
-        """Run what :meth:`_close_window` left as plans (it returns no plans here)."""
-        return outs
 
 
 class OnlineRate(Population):
@@ -101,8 +97,7 @@ class OnlineRate(Population):
         self._known = pl.DataFrame(schema=_KNOWN)
 
     def _close_window(self, start, rows):
-        """The plan of the window's rates; the known devices become a plan too, until
-        :meth:`_settle` runs every window's plans in one go."""
+        """The window's rates; the known devices and the rates come from one query."""
         end = start + self.d.window_us
         known = self._known.lazy()
         if rows is not None and rows.height:
@@ -117,9 +112,9 @@ class OnlineRate(Population):
                 .group_by("entity_id", "device")
                 .agg(pl.col("last").max(), pl.col("allow").last())
             )
-        self._known = known.filter(pl.col("last") + self.devices.forget_after_us >= end)
-        return (
-            self._known.group_by("entity_id")
+        known = known.filter(pl.col("last") + self.devices.forget_after_us >= end)
+        rates = (
+            known.group_by("entity_id")
             .agg(
                 pl.lit(start, dtype=pl.Int64).alias("window_start"),
                 (pl.col("last") + pl.col("allow") >= end).mean().cast(pl.Float64).alias("value"),
@@ -127,12 +122,8 @@ class OnlineRate(Population):
             )
             .sort("entity_id")
         )
-
-    def _settle(self, outs):
-        if not outs:
-            return outs
-        self._known, *rates = pl.collect_all([self._known, *outs], engine=ENGINE)
-        return rates
+        self._known, out = pl.collect_all([known, rates], engine=ENGINE)
+        return out
 
 
 #: What an online rate keeps per known device of an entity.
