@@ -13,6 +13,7 @@ flags: 2 errors
 
 from __future__ import annotations
 
+import argparse
 import re
 from collections.abc import Mapping
 from datetime import timedelta
@@ -502,6 +503,15 @@ def load_flow_config(environ: Mapping[str, str]) -> FlowConfig:
         raise ConfigError("environment", problems) from None
 
 
+def _run_flags(argv: list[str]) -> argparse.Namespace:
+    """The ``bytewax.run`` flags this module reads, in every form argparse takes (``-i 1``,
+    ``-i1``, ``--process-id=1``); the others are left alone."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    parser.add_argument("-i", "--process-id", type=int)
+    parser.add_argument("-r", "--recovery-directory")
+    return parser.parse_known_args(argv[1:])[0]
+
+
 def recovery_requested(argv: list[str], environ: Mapping[str, str]) -> bool:
     """Whether ``python -m bytewax.run`` was asked for recovery (``-r`` or its variable).
 
@@ -509,11 +519,10 @@ def recovery_requested(argv: list[str], environ: Mapping[str, str]) -> bool:
     True
     >>> recovery_requested(["x"], {"BYTEWAX_RECOVERY_DIRECTORY": "rec"})
     True
+    >>> recovery_requested(["bytewax.run", "flows.city_kafka", "-w", "2"], {})
+    False
     """
-    flags = ("-r", "--recovery-directory")
-    return bool(environ.get("BYTEWAX_RECOVERY_DIRECTORY")) or any(
-        a in flags or a.startswith("--recovery-directory=") for a in argv
-    )
+    return bool(environ.get("BYTEWAX_RECOVERY_DIRECTORY") or _run_flags(argv).recovery_directory)
 
 
 def process_id(argv: list[str], environ: Mapping[str, str]) -> int:
@@ -521,12 +530,12 @@ def process_id(argv: list[str], environ: Mapping[str, str]) -> int:
 
     >>> process_id(["bytewax.run", "flows.city_kafka", "-i", "1", "-a", "a:1;b:2"], {})
     1
+    >>> process_id(["bytewax.run", "flows.city_kafka", "-w2", "-i1"], {})
+    1
+    >>> process_id(["bytewax.run", "flows.city_kafka", "--process-id=2"], {})
+    2
     >>> process_id(["x"], {"BYTEWAX_PROCESS_ID": "3"}), process_id(["x"], {})
     (3, 0)
     """
-    for i, arg in enumerate(argv):
-        if arg in ("-i", "--process-id") and i + 1 < len(argv):
-            return int(argv[i + 1])
-        if arg.startswith("--process-id="):
-            return int(arg.split("=", 1)[1])
-    return int(environ.get("BYTEWAX_PROCESS_ID") or 0)
+    given = _run_flags(argv).process_id
+    return given if given is not None else int(environ.get("BYTEWAX_PROCESS_ID") or 0)
