@@ -39,6 +39,7 @@ __all__ = [
     "load_model",
     "parse_duration",
     "repeated_ids",
+    "secret_name",
     "validate_data",
 ]
 
@@ -156,8 +157,18 @@ def _secret_key(loc: tuple) -> bool:
     >>> _secret_key(("kafka", "sasl_password")), _secret_key(("kafka", "max_poll"))
     (True, False)
     """
-    names = [p.lower() for p in loc if isinstance(p, str)]
-    return bool(names) and any(w in names[-1] for w in ("password", "secret", "token"))
+    names = [p for p in loc if isinstance(p, str)]
+    return bool(names) and secret_name(names[-1])
+
+
+def secret_name(key: str) -> bool:
+    """Whether a setting's name says it holds a secret (``sasl.password``, ``...secret``).
+
+    >>> secret_name("sasl.oauthbearer.client.secret"), secret_name("client.id")
+    (True, False)
+    """
+    key = key.lower()
+    return any(w in key for w in ("password", "secret", "token", "credential"))
 
 
 def _where(loc: tuple, source: str, lines: dict | None) -> str:

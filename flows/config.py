@@ -31,7 +31,14 @@ from pydantic import (
     model_validator,
 )
 
-from cityvitals.yamlconf import ConfigError, Duration, KeyedProblems, load_model, validate_data
+from cityvitals.yamlconf import (
+    ConfigError,
+    Duration,
+    KeyedProblems,
+    load_model,
+    secret_name,
+    validate_data,
+)
 from indicators.definitions import DEFAULT_CATALOG
 from thresholds.risk_points import DEFAULT_RISK_POINTS
 from thresholds.rules import DEFAULT_RULES
@@ -261,7 +268,7 @@ class KafkaConfig(BaseModel):
         """The repr, with ``client`` values whose key looks secret masked too."""
         for name, value in super().__repr_args__():
             if name == "client":
-                value = {k: "**********" if _secretish(k) else v for k, v in value.items()}
+                value = {k: "**********" if secret_name(k) else v for k, v in value.items()}
             yield name, value
 
     def client_config(self, **extra) -> dict:
@@ -274,16 +281,6 @@ class KafkaConfig(BaseModel):
                     value.get_secret_value() if isinstance(value, SecretStr) else str(value)
                 )
         return {"bootstrap.servers": self.bootstrap_servers, **typed, **self.client, **extra}
-
-
-def _secretish(key: str) -> bool:
-    """Whether a setting's name says it holds a secret (``sasl.password``, ``...secret``).
-
-    >>> _secretish("sasl.oauthbearer.client.secret"), _secretish("client.id")
-    (True, False)
-    """
-    key = key.lower()
-    return any(w in key for w in ("password", "secret", "token", "credential"))
 
 
 #: Environment variables starting with this set single settings (see :func:`load_flow_config`).
@@ -403,7 +400,7 @@ class FlowConfig(BaseModel):
         data = self.model_dump(mode="json")
         client = data["kafka"]["client"]
         data["kafka"]["client"] = {
-            k: "**********" if _secretish(k) else v for k, v in client.items()
+            k: "**********" if secret_name(k) else v for k, v in client.items()
         }
         return data
 
@@ -450,7 +447,7 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str
         node = out
         for key in path[:-1]:
             node = node.setdefault(key, {})
-        secret = _secretish(path[-1])  # a password is text, whatever it looks like
+        secret = secret_name(path[-1])  # a password is text, whatever it looks like
         node[path[-1]] = yaml.safe_load(text) if text.strip() and not secret else text
         names[".".join(path)] = name
     return out, names
