@@ -123,6 +123,7 @@ class OrderLifecycle(Population):
         self._expire_us = workorders.expire_after_us
         self._orders: dict[str, _Order] = {}  # open orders by id
         self._entities: set[str] = set()
+        self._next_expiry: int | None = None  # no open order expires before this
 
     @property
     def open_orders(self) -> int:
@@ -156,6 +157,8 @@ class OrderLifecycle(Population):
             order = _Order(entity, cls, t if status == "reported" else None, t)
             self._orders[order_id] = order
         order.last_change = max(order.last_change, t)
+        if self._next_expiry is None or t + self._expire_us < self._next_expiry:
+            self._next_expiry = t + self._expire_us
         measure = self.d.aggregation
         if status == "dispatched":
             first = order.dispatched is None
@@ -177,10 +180,15 @@ class OrderLifecycle(Population):
 
     def _expire(self, end: int) -> None:
         """Let go of open orders with no change for ``expire_after`` before ``end``."""
+        if self._next_expiry is None or self._next_expiry >= end:
+            return  # nothing can have expired: no scan of every open order
         horizon = end - self._expire_us
         gone = [i for i, o in self._orders.items() if o.last_change < horizon]
         for order_id in gone:
             del self._orders[order_id]
+        self._next_expiry = min(
+            (o.last_change + self._expire_us for o in self._orders.values()), default=None
+        )
 
     def _counts(self, start: int, touched: dict[str, set[str]]) -> Iterable[tuple]:
         end = start + self.d.window_us
