@@ -48,7 +48,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cityvitals import views
-from indicators.definitions import Catalog, load_catalog
+from indicators.definitions import load_catalog
 from schemas.families import OUTPUT_TABLES
 from thresholds.rating import DEFAULT_RATING, RATING_VIEW, Rating, load_rating, rating_sql
 
@@ -82,30 +82,21 @@ class Lake:
     """Paths and atomic writes of one output directory.
 
     ``rating`` configures the ``department_rating`` view: a :class:`Rating`,
-    or the path of a rating file (checked against ``catalog``, the run's
-    catalogue; the default one if not given); by default
-    ``thresholds/rating.yaml``. It is read when the views are written
-    (:meth:`create`), so a bad file raises
+    or the path of a rating file (checked against the default catalogue);
+    by default ``thresholds/rating.yaml``. It is read when the views are
+    written (:meth:`create`), so a bad file raises
     :class:`cityvitals.yamlconf.ConfigError` there.
     """
 
-    def __init__(
-        self,
-        root: Path | str,
-        rating: Rating | Path | str | None = None,
-        catalog: Catalog | None = None,
-    ) -> None:
+    def __init__(self, root: Path | str, rating: Rating | Path | str | None = None) -> None:
         self.root = Path(root)
-        self.rating_source = rating
-        self.catalog = catalog
-        self._rating: Rating | None = rating if isinstance(rating, Rating) else None
+        self._rating = rating
 
     @property
     def rating(self) -> Rating:
         """The rating configuration of the ``department_rating`` view (loaded once)."""
-        if self._rating is None:
-            catalog = self.catalog or load_catalog()
-            self._rating = load_rating(self.rating_source or DEFAULT_RATING, catalog=catalog)
+        if not isinstance(self._rating, Rating):
+            self._rating = load_rating(self._rating or DEFAULT_RATING, catalog=load_catalog())
         return self._rating
 
     @property

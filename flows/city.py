@@ -344,7 +344,7 @@ def build(
     rules = rules or load_rules(config.rules, catalog)
     risk_points = risk_points or load_risk_points(config.risk_points, catalog)
     decoder = decoder or Decoder(max_future=config.max_future, max_age=config.max_age)
-    lake = Lake(config.out, catalog=catalog)
+    lake = Lake(config.out)
     lake.create()
     partitions = source.list_parts()
     shards = [str(i) for i in range(config.shards)]
