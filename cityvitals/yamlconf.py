@@ -50,7 +50,14 @@ _DURATION = re.compile(r"^(?:\d+(?:ms|s|m|h|d))+$")
 
 
 class ConfigError(ValueError):
-    """A configuration that can't be used; ``problems`` lists each one."""
+    """A configuration that can't be used; ``problems`` lists each one.
+
+    It survives a trip between processes (a spawned child's error keeps its message):
+
+    >>> import pickle
+    >>> pickle.loads(pickle.dumps(ConfigError("flags", ["flags: shards: got 0"]))).problems
+    ['flags: shards: got 0']
+    """
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
@@ -58,6 +65,9 @@ class ConfigError(ValueError):
         n = len(problems)
         head = f"{source}: {n} error{'s' if n != 1 else ''}"
         super().__init__("\n  ".join([head, *problems]))
+
+    def __reduce__(self):
+        return type(self), (self.source, self.problems)
 
 
 class KeyedProblems(ValueError):

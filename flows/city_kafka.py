@@ -30,7 +30,7 @@ from cityvitals.yamlconf import ConfigError
 from flows import logs, metrics, shutdown
 from flows.city import build
 from flows.config import FlowConfig, load_flow_config, process_id, recovery_requested
-from flows.kafka_io import KafkaInput, ensure_topics
+from flows.kafka_io import KafkaInput, ensure_topics, write_mark
 
 __all__ = ["build_kafka_flow", "keep_shard_count"]
 
@@ -80,10 +80,7 @@ def keep_shard_count(out: Path, shards: int) -> None:
                 ],
             )
         return
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
-    tmp.write_bytes(orjson.dumps({"shards": shards}))
-    os.replace(tmp, path)
+    write_mark(path, {"shards": shards})
 
 
 def _start(environ, argv) -> Dataflow:

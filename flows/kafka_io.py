@@ -51,7 +51,14 @@ from flows.config import KafkaConfig
 from schemas.decode import RawBatch, partition_key
 from schemas.messages import ID_HEADER, OutMessage
 
-__all__ = ["KafkaIOError", "KafkaInput", "KafkaOutput", "ensure_topics", "topic_partitions"]
+__all__ = [
+    "KafkaIOError",
+    "KafkaInput",
+    "KafkaOutput",
+    "ensure_topics",
+    "topic_partitions",
+    "write_mark",
+]
 
 log = logging.getLogger(__name__)
 _QUIET = logging.getLogger("cityvitals.kafka.admin")  # the admin client's retry chatter
@@ -310,10 +317,7 @@ class _OutputPartition(StatefulSinkPartition[list[OutMessage], dict[int, int]]):
         """The end offsets when this partition first started fresh (recorded now if unknown)."""
         if mark.is_file():
             return {int(p): o for p, o in orjson.loads(mark.read_bytes()).items()}
-        mark.parent.mkdir(parents=True, exist_ok=True)
-        tmp = mark.with_name(f".{mark.name}.tmp")
-        tmp.write_bytes(orjson.dumps({str(p): o for p, o in self._end_offsets().items()}))
-        os.replace(tmp, mark)
+        write_mark(mark, {str(p): o for p, o in self._end_offsets().items()})
         return None
 
     def _already_sent(self, since: dict[int, int]) -> set[str]:
@@ -415,3 +419,14 @@ class KafkaOutput(FixedPartitionedSink[list[OutMessage], dict[int, int]]):
     def build_part(self, step_id: str, for_part: str, resume_state: dict[int, int] | None):
         mark = self.marks / f"{self.topic}.{for_part}.json" if self.marks else None
         return _OutputPartition(self.kafka, self.topic, resume_state, mark)
+
+
+def write_mark(path: Path, value: object) -> None:
+    """Write ``value`` as JSON to ``path`` atomically: a reader sees the old file or the new.
+
+    The temporary file is per process: processes of one cluster may write at once.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(orjson.dumps(value))
+    os.replace(tmp, path)
