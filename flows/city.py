@@ -20,7 +20,7 @@ import polars as pl
 import pyarrow as pa
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource
-from bytewax.operators import StatefulLogic
+from bytewax.operators import StatefulBatchLogic, StatefulLogic
 
 from cityvitals.lake import Lake
 from flows import metrics, shutdown
@@ -145,30 +145,36 @@ class Closed:
     ingested_at: float | None = None  # of the batch that closed the windows
 
 
-class _Windows(StatefulLogic[ShardItem, Closed, bytes]):
-    """Bytewax glue around one shard's :class:`WindowStore`."""
+class _Windows(StatefulBatchLogic[ShardItem, Closed, bytes]):
+    """Bytewax glue around one shard's :class:`WindowStore`.
+
+    All the items an activation brings (one per source partition that had a batch)
+    are merged and closed together: one close, not one per partition.
+    """
 
     def __init__(self, store: WindowStore) -> None:
         self.store = store
         self._said: int | None = None  # the watermark last passed on
 
-    def on_item(self, value: ShardItem):
-        self.store.add(value.parts)
-        out = self.store.advance(
-            value.partition, value.watermark_us, value.max_event_us, value.ended
+    def on_batch(self, values: list[ShardItem]):
+        for value in values:
+            self.store.add(value.parts)
+        out = self.store.advance_all(
+            (v.partition, v.watermark_us, v.max_event_us, v.ended) for v in values
         )
         mark = self.store.watermark_us
         if not out.height and mark == self._said:
-            return [], StatefulLogic.RETAIN
+            return [], StatefulBatchLogic.RETAIN
         self._said = mark
         at = None if mark is None else datetime.fromtimestamp(mark / 1e6, UTC)
-        return [Closed(out, at, value.ingested_at)], StatefulLogic.RETAIN
+        stamps = [v.ingested_at for v in values if v.ingested_at is not None]
+        return [Closed(out, at, min(stamps, default=None))], StatefulBatchLogic.RETAIN
 
     def on_eof(self):
         if shutdown.requested():  # a stop, not the end of the stream: windows stay open
-            return [], StatefulLogic.RETAIN
+            return [], StatefulBatchLogic.RETAIN
         out = self.store.flush()  # the end of input is not silence: no watermark
-        return ([Closed(out, None)] if out.height else []), StatefulLogic.RETAIN
+        return ([Closed(out, None)] if out.height else []), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
         return pickle.dumps(self.store, protocol=pickle.HIGHEST_PROTOCOL)  # a copy, frozen now
@@ -198,25 +204,24 @@ class Fired:
     orders: pl.DataFrame
 
 
-class _Timers(StatefulLogic[TimerItem, Fired, bytes]):
-    """Bytewax glue around one shard's :class:`Timers`: input, and wall-clock wake-ups."""
+class _Timers(StatefulBatchLogic[TimerItem, Fired, bytes]):
+    """Bytewax glue around one shard's :class:`Timers`: input, and wall-clock wake-ups.
+
+    All the items an activation brings are taken at once: the clock moves once.
+    """
 
     def __init__(self, timers: Timers) -> None:
         self.timers = timers
 
-    def on_item(self, value: TimerItem):
-        fired = self.timers.add(
-            value.partition,
-            value.runs,
-            value.changes,
-            value.watermark_us,
+    def on_batch(self, values: list[TimerItem]):
+        fired = self.timers.add_all(
+            ((v.partition, v.runs, v.changes, v.watermark_us, v.ended) for v in values),
             datetime.now(UTC),
-            value.ended,
         )
-        return _fired(*fired), StatefulLogic.RETAIN
+        return _fired(*fired), StatefulBatchLogic.RETAIN
 
     def on_notify(self):
-        return _fired(*self.timers.tick(datetime.now(UTC))), StatefulLogic.RETAIN
+        return _fired(*self.timers.tick(datetime.now(UTC))), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         return self.timers.wake_at()
@@ -395,7 +400,7 @@ def build(
     op.output("ingest_out", accounting, sink("ingest_batches"))
     timed = op.flat_map("to_timers", ingested, _to_timers)
     # (shard, TimerItem): heartbeat runs by device, order changes by order id, watermark
-    fired = op.stateful("timers", timed, timers)
+    fired = op.stateful_batch("timers", timed, timers)
     # (shard, Fired): devices gone offline or back, orders overdue and what became of them
     device_tables = op.filter_map_value(
         "device_table", fired, lambda f: _stamped(f.devices, DEVICE_STATUS)
@@ -409,7 +414,7 @@ def build(
     op.output("order_deadlines_out", order_tables, sink("order_deadlines"))
     sharded = op.flat_map("to_shards", ingested, _to_shards)
     # (shard, ShardItem)
-    values = op.stateful(
+    values = op.stateful_batch(
         "windows", sharded, lambda resume: _Windows(_restore(resume, catalog, partitions))
     )
     # (shard, Closed: indicator values of windows just closed, and the watermark)

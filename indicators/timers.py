@@ -39,6 +39,7 @@ datetime.datetime(2026, 5, 12, 6, 3, 0, 1, tzinfo=datetime.timezone.utc)
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -91,9 +92,26 @@ class Timers:
         ``now`` is the wall clock, used only with ``clock="wall"``; ``ended``: the
         partition has said its last word (see :class:`Watermarks`).
         """
-        devices = [self.liveness.observe(runs)] if runs is not None else []
-        orders = [self.book.observe(changes)] if changes is not None else []
-        low = self._marks.update(partition, watermark_us, ended)
+        return self.add_all([(partition, runs, changes, watermark_us, ended)], now)
+
+    def add_all(
+        self,
+        batches: Iterable[
+            tuple[str, pl.DataFrame | None, pl.DataFrame | None, int | None, bool]
+        ],
+        now: datetime,
+    ) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """:meth:`add` for several ``(partition, runs, changes, watermark_us, ended)`` at once;
+        the clock moves once, after all of them (the records do not depend on where the
+        input is cut into batches)."""
+        devices, orders = [], []
+        low = None
+        for partition, runs, changes, watermark_us, ended in batches:
+            if runs is not None:
+                devices.append(self.liveness.observe(runs))
+            if changes is not None:
+                orders.append(self.book.observe(changes))
+            low = self._marks.update(partition, watermark_us, ended)
         if low is not None and (self._low is None or low > self._low):
             self._low, self._moved_at = low, _us(now)
         d, o = self._advance(self._low)

@@ -288,13 +288,28 @@ class WindowStore:
 
         ``ended``: the partition has said its last word (see :class:`Watermarks`).
         """
-        if max_event_us is not None and (
-            self._max_event_us is None or max_event_us > self._max_event_us
-        ):
-            self._max_event_us = max_event_us
-        if watermark_us is None and not ended:
-            return _empty()
-        until = self._marks.update(partition, watermark_us, ended)
+        return self.advance_all([(partition, watermark_us, max_event_us, ended)])
+
+    def advance_all(
+        self, marks: Iterable[tuple[str, int | None, int | None, bool]]
+    ) -> pl.DataFrame:
+        """:meth:`advance` for several ``(partition, watermark_us, max_event_us, ended)`` at
+        once: one close for all of them, with the same values as one close after each.
+
+        A window the first watermarks would close gets nothing from a later batch of
+        another partition: its events are behind that partition's own watermark,
+        which the low watermark had already passed, so they were set aside as late.
+        """
+        moved = False
+        for partition, watermark_us, max_event_us, ended in marks:
+            if max_event_us is not None and (
+                self._max_event_us is None or max_event_us > self._max_event_us
+            ):
+                self._max_event_us = max_event_us
+            if watermark_us is not None or ended:
+                self._marks.update(partition, watermark_us, ended)
+                moved = True
+        until = self._marks.low_us if moved else None
         return self._close(until, until) if until is not None else _empty()
 
     def flush(self) -> pl.DataFrame:

@@ -148,3 +148,37 @@ def test_after_a_recovery_the_wall_clock_counts_from_the_restart():
     devices, _ = restored.tick(T0 + timedelta(hours=2, minutes=1))
     assert devices.height == 0
     assert restored.wake_at() == T0 + timedelta(hours=2, minutes=3, seconds=30, microseconds=1)
+
+
+def test_batches_taken_together_give_the_records_of_one_at_a_time():
+    """The flow hands the timers every batch of an activation at once (one per partition)."""
+    batches = [  # (partition, heartbeats, order reports)
+        ("p0", [(0, "a"), (0, "b")], [(1, "WO-1")]),
+        ("p1", [(2, "c")], []),
+        ("p0", [(60, "a"), (61, "b")], []),
+        ("p1", [(62, "c")], [(50, "WO-2")]),
+        ("p0", [(120, "a")], []),  # b falls silent
+        ("p1", [(700, "c")], []),
+        ("p0", [(1500, "a"), (1501, "b")], []),  # b is back
+        ("p1", [(1502, "c")], []),
+        ("p0", [(3000, "a")], [(2990, "WO-3")]),
+        ("p1", [(3001, "c")], []),
+    ]
+
+    def args(partition, beat_rows, order_rows):
+        latest = max(s for s, _ in [*beat_rows, *order_rows])
+        mark = us(T0 + timedelta(seconds=latest) - LATENESS)
+        runs = heard(beats(*beat_rows), CATALOG.devices) if beat_rows else None
+        orders = changes(reports(*order_rows)) if order_rows else None
+        return partition, runs, orders, mark, False
+
+    single = Timers(CATALOG, ["p0", "p1"])
+    one = [single.add(*args(*b)[:4], now=T0) for b in batches]
+    grouped = Timers(CATALOG, ["p0", "p1"])
+    together = [grouped.add_all([args(*b) for b in batches[i : i + 3]], T0) for i in (0, 3, 6, 9)]
+    want = keys(pl.concat([d for d, _ in one]), pl.concat([o for _, o in one]))
+    got = keys(pl.concat([d for d, _ in together]), pl.concat([o for _, o in together]))
+    assert got == want
+    assert ("b", "offline", T0 + timedelta(seconds=241)) in got
+    assert ("b", "online", T0 + timedelta(seconds=1501)) in got
+    assert ("WO-1", "overdue", T0 + timedelta(seconds=1801)) in got

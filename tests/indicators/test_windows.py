@@ -135,12 +135,16 @@ def arrival_order(rng: random.Random, frame: pl.DataFrame, lateness_us: int) -> 
 
 
 @pytest.mark.parametrize(
-    ("seed", "watermarks"),
-    [(3, True), (42, True), (7, False)],
-    ids=["seed3", "seed42", "flush-only"],
+    ("seed", "watermarks", "together"),
+    [(3, True, False), (42, True, False), (7, False, False), (5, True, True), (9, True, True)],
+    ids=["seed3", "seed42", "flush-only", "together-seed5", "together-seed9"],
 )
-def test_windows_match_one_group_by_over_the_whole_frame(seed, watermarks):
-    """Without watermarks, partials pile up (and get compacted) until the flush."""
+def test_windows_match_one_group_by_over_the_whole_frame(seed, watermarks, together):
+    """Without watermarks, partials pile up (and get compacted) until the flush.
+
+    ``together``: batches arrive in groups (as the flow's activations bring one per
+    source partition) and each group's watermarks close windows once, by ``advance_all``.
+    """
     rng = random.Random(seed)
     frame = random_readings(rng, 3_000, span_minutes=95)
     lateness = timedelta(seconds=90)
@@ -150,6 +154,8 @@ def test_windows_match_one_group_by_over_the_whole_frame(seed, watermarks):
     store = WindowStore(Catalog(indicators=COLUMN_DEFS), partitions=partitions)
     clocks = {p: PartitionClock(lateness) for p in partitions}
     emitted: list[pl.DataFrame] = []
+    pending: list[tuple] = []
+    groups: list[int] = []
     pos = 0
     while pos < arriving.height:
         size = rng.randint(1, 120)
@@ -163,7 +169,15 @@ def test_windows_match_one_group_by_over_the_whole_frame(seed, watermarks):
         clock.observe(ts.max())
         if not watermarks:
             continue
-        out = store.advance(part, clock.watermark_us, clock.max_event_us)
+        if together:
+            pending.append((part, clock.watermark_us, clock.max_event_us, False))
+            if rng.random() < 0.6 and pos < arriving.height:
+                continue  # more batches join this group
+            out = store.advance_all(pending)
+            groups.append(len(pending))
+            pending.clear()
+        else:
+            out = store.advance(part, clock.watermark_us, clock.max_event_us)
         assert out.schema == VALUES_SCHEMA
         if out.height:
             # Closed only once the lowest watermark of all partitions reached the end.
@@ -171,6 +185,7 @@ def test_windows_match_one_group_by_over_the_whole_frame(seed, watermarks):
             assert out["window_end"].dt.epoch("us").max() <= store.watermark_us
             emitted.append(out)
     assert bool(emitted) is watermarks, "the watermarks should have closed windows before the end"
+    assert (max(groups, default=1) > 1) is together
     rest = store.flush()
     got = pl.concat([*emitted, rest])
 
