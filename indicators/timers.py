@@ -96,9 +96,7 @@ class Timers:
 
     def add_all(
         self,
-        batches: Iterable[
-            tuple[str, pl.DataFrame | None, pl.DataFrame | None, int | None, bool]
-        ],
+        batches: Iterable[tuple[str, pl.DataFrame | None, pl.DataFrame | None, int | None, bool]],
         now: datetime,
     ) -> tuple[pl.DataFrame, pl.DataFrame]:
         """:meth:`add` for several ``(partition, runs, changes, watermark_us, ended)`` at once;
