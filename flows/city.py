@@ -14,8 +14,10 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 import bytewax.operators as op
+import orjson
 import polars as pl
 import pyarrow as pa
 from bytewax.dataflow import Dataflow
@@ -23,9 +25,10 @@ from bytewax.inputs import FixedPartitionedSource
 from bytewax.operators import StatefulBatchLogic, StatefulLogic
 
 from cityvitals.lake import Lake
+from cityvitals.yamlconf import ConfigError
 from flows import metrics, shutdown
-from flows.config import KafkaConfig, PipelineConfig, recovery_requested
-from flows.kafka_io import KafkaOutput
+from flows.config import KafkaConfig, PipelineConfig, cluster_workers, recovery_requested
+from flows.kafka_io import KafkaOutput, write_mark
 from flows.sinks import ParquetSink
 from indicators import deadlines
 from indicators.aggregate import Aggregator, split_by_shard
@@ -56,7 +59,16 @@ from thresholds.risk import PointTracker
 from thresholds.risk_points import RiskPointSet, load_risk_points
 from thresholds.rules import RuleSet, load_rules
 
-__all__ = ["Closed", "Fired", "Ingested", "ShardItem", "TimerItem", "build"]
+__all__ = [
+    "STATE_FILE",
+    "Closed",
+    "Fired",
+    "Ingested",
+    "ShardItem",
+    "TimerItem",
+    "build",
+    "settle_shards",
+]
 
 
 @dataclass(slots=True)
@@ -344,7 +356,11 @@ def build(
 
     With ``kafka``, breaches, risk level changes and dead letters (and
     indicator values, if that topic is set) are also published to its topics.
+    Unset ``config.shards`` means one shard: a lone worker's (``run_main``); the
+    ``bytewax.run`` entry points set it to the cluster's worker count.
     """
+    if config.shards is None:
+        config = config.model_copy(update={"shards": 1})
     catalog = catalog or load_catalog(config.catalog)
     rules = rules or load_rules(config.rules, catalog)
     risk_points = risk_points or load_risk_points(config.risk_points, catalog)
@@ -478,6 +494,52 @@ def build(
     return flow
 
 
+#: The file in ``pipeline.out`` that records the shard count the recovered state was built with.
+STATE_FILE = "_pipeline.json"
+
+
+def settle_shards(out: Path, requested: int | None, workers: int, recovering: bool) -> int:
+    """The shard count of this start: ``pipeline.shards``, or one per worker when unset.
+
+    A recovering start keeps the count its state was built with: keyed state
+    (windows, timers, sink writers) lives under the shard ids ``0 .. shards-1`` and
+    every entity is placed by ``hash % shards``, so resumed under another count an
+    entity's history would sit on the wrong shard. The first recovering start
+    records the count in ``OUT/_pipeline.json``; later ones take it from there (unset)
+    or refuse another (set).
+
+    >>> import tempfile
+    >>> out = Path(tempfile.mkdtemp())
+    >>> settle_shards(out, None, 4, recovering=True), settle_shards(out, None, 2, recovering=True)
+    (4, 4)
+    >>> settle_shards(out, None, 2, recovering=False)
+    2
+    >>> try:
+    ...     settle_shards(out, 8, 2, recovering=True)
+    ... except ConfigError as e:
+    ...     print(e.problems[0].split(" (")[0])
+    pipeline.shards: got 8, expected 4, the shard count of the recovered state in ...
+    """
+    shards = requested or workers
+    if not recovering:
+        return shards
+    path = out / STATE_FILE
+    if not path.is_file():
+        write_mark(path, {"shards": shards})
+        return shards
+    had = orjson.loads(path.read_bytes())["shards"]
+    if requested is not None and requested != had:
+        raise ConfigError(
+            "pipeline.shards",
+            [
+                f"pipeline.shards: got {requested}, expected {had}, the shard count of the "
+                f"recovered state in {out} (leave it unset to keep it; to change it, start "
+                "over with an empty pipeline.out and a new recovery directory)"
+            ],
+        )
+    return had
+
+
 def _restore(resume: bytes | None, catalog: Catalog, partitions: list[str]) -> WindowStore:
     return pickle.loads(resume) if resume is not None else WindowStore(catalog, partitions)
 
@@ -498,4 +560,7 @@ def __getattr__(name: str):
         },
         source="environment",
     )
+    workers = cluster_workers(sys.argv, os.environ)
+    shards = settle_shards(config.out, None, workers, config.recovery)
+    config = config.model_copy(update={"shards": shards})
     return build(JsonLinesSource(path, config.batch_size), config)

@@ -21,23 +21,24 @@ import atexit
 import logging
 import os
 import sys
-from pathlib import Path
 
-import orjson
 from bytewax.dataflow import Dataflow
 
 from cityvitals.yamlconf import ConfigError
 from flows import logs, metrics, shutdown
-from flows.city import build
-from flows.config import FlowConfig, load_flow_config, process_id, recovery_requested
-from flows.kafka_io import KafkaInput, ensure_topics, write_mark
+from flows.city import STATE_FILE, build, settle_shards
+from flows.config import (
+    FlowConfig,
+    cluster_workers,
+    load_flow_config,
+    process_id,
+    recovery_requested,
+)
+from flows.kafka_io import KafkaInput, ensure_topics
 
-__all__ = ["build_kafka_flow", "keep_shard_count"]
+__all__ = ["STATE_FILE", "build_kafka_flow"]
 
 log = logging.getLogger("cityvitals.flow")
-
-#: The file in ``pipeline.out`` that records the shard count the recovered state was built with.
-STATE_FILE = "_pipeline.json"
 
 
 def build_kafka_flow(config: FlowConfig) -> Dataflow:
@@ -51,48 +52,26 @@ def build_kafka_flow(config: FlowConfig) -> Dataflow:
     return build(KafkaInput(kafka), config.pipeline, kafka=kafka)
 
 
-def keep_shard_count(out: Path, shards: int) -> None:
-    """Refuse a recovering start whose ``pipeline.shards`` differs from the state's.
-
-    Keyed state (windows, timers, sink writers) lives under the shard ids
-    ``0 .. shards-1`` and every entity is placed by ``hash % shards``: resumed
-    with another count, an entity's history would sit on the wrong shard.
-
-    >>> import tempfile
-    >>> out = Path(tempfile.mkdtemp())
-    >>> keep_shard_count(out, 4); keep_shard_count(out, 4)
-    >>> try:
-    ...     keep_shard_count(out, 8)
-    ... except ConfigError as e:
-    ...     print(e.problems[0].split(" (")[0])
-    pipeline.shards: got 8, expected 4, the shard count of the recovered state in ...
-    """
-    path = out / STATE_FILE
-    if path.is_file():
-        had = orjson.loads(path.read_bytes())["shards"]
-        if had != shards:
-            raise ConfigError(
-                "pipeline.shards",
-                [
-                    f"pipeline.shards: got {shards}, expected {had}, the shard count of the "
-                    f"recovered state in {out} (to change it, start over with an empty "
-                    "pipeline.out and a new recovery directory)"
-                ],
-            )
-        return
-    write_mark(path, {"shards": shards})
-
-
 def _start(environ, argv) -> Dataflow:
     config = load_flow_config(environ)
     process = process_id(argv, environ)
-    if recovery_requested(argv, environ):
-        pipeline = config.pipeline.model_copy(update={"recovery": True})
-        config = config.model_copy(update={"pipeline": pipeline})
-        keep_shard_count(config.pipeline.out, config.pipeline.shards)
+    workers = cluster_workers(argv, environ)
+    recovering = recovery_requested(argv, environ)
+    shards = settle_shards(config.pipeline.out, config.pipeline.shards, workers, recovering)
+    pipeline = config.pipeline.model_copy(
+        update={"recovery": config.pipeline.recovery or recovering, "shards": shards}
+    )
+    config = config.model_copy(update={"pipeline": pipeline})
     logs.setup(config.logging)
     log.info("start", extra={"process_id": process, "pid": os.getpid()})
     log.info("configuration", extra={"config": config.summary()})
+    if shards < workers:
+        log.warning(
+            "pipeline.shards %d < %d workers: %d workers get no keyed work",
+            shards,
+            workers,
+            workers - shards,
+        )
     shutdown.install()
     metrics.serve(config.metrics, process)
     atexit.register(_stopped, process)

@@ -54,6 +54,7 @@ __all__ = [
     "PathsConfig",
     "PipelineConfig",
     "RecoveryConfig",
+    "cluster_workers",
     "load_flow_config",
     "process_id",
     "recovery_requested",
@@ -71,8 +72,14 @@ class PipelineConfig(BaseModel):
         default=timedelta(seconds=30),
         description="How far behind the latest event time an event may arrive and still count.",
     )
-    shards: int = Field(
-        default=4, ge=1, le=4096, description="Keyed state shards; at least the total worker count."
+    shards: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description=(
+            "Keyed state shards, at least the total worker count; unset: one per worker of "
+            "the cluster (kept across resumes)."
+        ),
     )
     flush_rows: int = Field(default=200_000, ge=1, description="Rows buffered per sink file.")
     flush_interval: Duration = Field(
@@ -506,6 +513,8 @@ def _run_flags(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
     parser.add_argument("-i", "--process-id", type=int)
     parser.add_argument("-r", "--recovery-directory")
+    parser.add_argument("-w", "--workers-per-process", type=int)
+    parser.add_argument("-a", "--addresses")
     return parser.parse_known_args(argv[1:])[0]
 
 
@@ -536,3 +545,24 @@ def process_id(argv: list[str], environ: Mapping[str, str]) -> int:
     """
     given = _run_flags(argv).process_id
     return given if given is not None else int(environ.get("BYTEWAX_PROCESS_ID") or 0)
+
+
+def cluster_workers(argv: list[str], environ: Mapping[str, str]) -> int:
+    """Total workers of a ``bytewax.run`` cluster: workers per process (``-w``) × processes
+    (the ``-a`` addresses, or the hostfile Bytewax reads); 1 for a lone worker.
+
+    >>> cluster_workers(["bytewax.run", "flows.city", "-w", "2", "-i", "0", "-a", "a:1;b:2"], {})
+    4
+    >>> cluster_workers(["bytewax.run", "flows.city_kafka", "-w3"], {})
+    3
+    >>> cluster_workers(["x"], {"BYTEWAX_WORKERS_PER_PROCESS": "2"}), cluster_workers(["x"], {})
+    (2, 1)
+    """
+    flags = _run_flags(argv)
+    per = flags.workers_per_process or int(environ.get("BYTEWAX_WORKERS_PER_PROCESS") or 1)
+    addresses = flags.addresses or environ.get("BYTEWAX_ADDRESSES")
+    hostfile = environ.get("BYTEWAX_HOSTFILE_PATH")
+    if not addresses and hostfile and Path(hostfile).is_file():
+        addresses = ";".join(Path(hostfile).read_text().split())
+    processes = len([a for a in (addresses or "").split(";") if a.strip()]) or 1
+    return per * processes

@@ -19,7 +19,7 @@ def test_the_documented_example_file_loads_as_written():
     assert config.kafka.client == {"client.id": "cityvitals-district-7"}
     assert config.kafka.topics.breaches == "city.breaches"
     assert config.kafka.topics.indicators is None
-    assert config.pipeline.shards == 4
+    assert config.pipeline.shards is None  # one per worker, settled at the start
 
 
 def test_the_environment_wins_over_the_file_and_keeps_the_rest(tmp_path):
