@@ -90,7 +90,7 @@ class BenchSettings:
     batch_size: int = 10_000
     rate: float = 100_000.0  # steady input rate for the latency run, events/s
     latency_events: int | None = None  # events of the latency run (default: all)
-    tick: float = 1.0  # seconds between the steady source's batches
+    tick: float = 0.1  # seconds between the steady source's batches
     bootstrap: str | None = None
     naive: bool = True
 
@@ -188,8 +188,9 @@ def _flow_child(path: str, batch_size: int, subset_only: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="cityvitals-bench-") as out:
         config = PipelineConfig(out=Path(out), batch_size=batch_size)
         source = BatchIteratorSource("bench", _chunks(lines, batch_size))
+        flow = build(source, config, catalog, rules, risk_points=risk)  # start-up: untimed
         started = time.perf_counter()
-        run_main(build(source, config, catalog, rules, risk_points=risk))
+        run_main(flow)
         seconds = time.perf_counter() - started
         con = Lake(out).connect()
         values = con.execute("SELECT count(*) FROM indicator_values").fetchone()[0]
@@ -212,8 +213,9 @@ def _naive_child(path: str, batch_size: int) -> dict:
     lines = _read_lines(path)
     rows: list[dict] = []
     source = BatchIteratorSource("bench", _chunks(lines, batch_size))
+    flow = naive.build(source, TestingSink(rows))
     started = time.perf_counter()
-    run_main(naive.build(source, TestingSink(rows)))
+    run_main(flow)
     seconds = time.perf_counter() - started
     return {"events": len(lines), "seconds": seconds, "rows": len(rows), "rss_mb": _rss_mb()}
 
@@ -473,8 +475,9 @@ def _kafka_child(kafka) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="cityvitals-bench-kafka-") as out:
         config = FlowConfig(pipeline=PipelineConfig(out=Path(out)), kafka=kafka)
+        flow = build_kafka_flow(config)
         started = time.perf_counter()
-        run_main(build_kafka_flow(config))
+        run_main(flow)
         seconds = time.perf_counter() - started
         from cityvitals.lake import Lake
 
@@ -491,10 +494,12 @@ def _latency_child(
 ) -> dict:
     """The city flow fed at a steady ``rate``; latency of each breach it emits.
 
-    The source releases ``rate × tick`` lines every ``tick`` seconds of wall time, on a
-    fixed schedule from its first batch: batch ``k`` is *due* at ``t0 + k × tick``. A batch is
-    stamped with its due time (its arrival; if the flow falls behind, the wait until it
-    is read counts as latency). A breach's window closes when the partition's
+    The source makes ``rate × tick`` lines due every ``tick`` seconds of wall time, on a
+    fixed schedule from its first batch: batch ``k`` is *due* at ``t0 + k × tick``. When
+    the flow polls, it gets every batch due by then, at once (up to ``batch_size`` lines),
+    as a Kafka consumer gets what was sent since its last poll. A batch is stamped with
+    its due time (its arrival; if the flow falls behind, the wait until it is read counts
+    as latency). A breach's window closes when the partition's
     watermark (latest event time − allowed lateness) reaches its ``event_ts`` (the
     window end); the *closing batch* is the first whose lines bring the watermark there.
     Latency = the breach's ``emitted_at`` (stamped by the thresholds step) − the due time
@@ -519,9 +524,10 @@ def _latency_child(
     due: list[float] = []
     with tempfile.TemporaryDirectory(prefix="cityvitals-bench-lat-") as out:
         config = PipelineConfig(out=Path(out), batch_size=batch_size)
-        source = _SteadySource(batches, due, tick)
+        source = _SteadySource(batches, due, tick, batch_size)
+        flow = build(source, config)
         started = time.perf_counter()
-        run_main(build(source, config))
+        run_main(flow)
         seconds = time.perf_counter() - started
         con = Lake(out).connect()
         rows = con.execute(
@@ -547,10 +553,17 @@ def _latency_child(
 
 
 class _SteadyPartition(StatefulSourcePartition[RawBatch, int]):
-    def __init__(self, batches: list[list[bytes]], due: list[float], tick: float) -> None:
+    """Releases every batch that is due, at once (at most ``max_lines``, at least one
+    batch), as a Kafka consumer polling a partition gets everything sent since its last
+    poll: a flow that falls behind catches up in bigger batches."""
+
+    def __init__(
+        self, batches: list[list[bytes]], due: list[float], tick: float, max_lines: int
+    ) -> None:
         self.batches = batches
         self.due = due
         self.tick = tick
+        self.max_lines = max_lines
         self.k = 0
         self.offset = 0
         self.t0: float | None = None
@@ -561,14 +574,18 @@ class _SteadyPartition(StatefulSourcePartition[RawBatch, int]):
         now = time.time()
         if self.t0 is None:
             self.t0 = now
-        at = self.t0 + self.k * self.tick
-        if now < at:
+        lines: list[bytes] = []
+        while self.k < len(self.batches) and (not lines or len(lines) < self.max_lines):
+            at = self.t0 + self.k * self.tick
+            if now < at:
+                break
+            self.due.append(at)
+            lines.extend(self.batches[self.k])
+            self.k += 1
+        if not lines:
             return []
-        lines = self.batches[self.k]
-        self.due.append(at)
         batch = RawBatch("steady", 0, self.offset, lines)
         self.offset += len(lines)
-        self.k += 1
         return [batch]
 
     def next_awake(self) -> datetime | None:
@@ -583,16 +600,19 @@ class _SteadyPartition(StatefulSourcePartition[RawBatch, int]):
 class _SteadySource(FixedPartitionedSource[RawBatch, int]):
     """Batches released on a wall-clock schedule; ``due`` gets each batch's due time (epoch s)."""
 
-    def __init__(self, batches: list[list[bytes]], due: list[float], tick: float) -> None:
+    def __init__(
+        self, batches: list[list[bytes]], due: list[float], tick: float, max_lines: int
+    ) -> None:
         self.batches = batches
         self.due = due
         self.tick = tick
+        self.max_lines = max_lines
 
     def list_parts(self) -> list[str]:
         return [partition_key("steady", 0)]
 
     def build_part(self, step_id, for_part, resume_state) -> _SteadyPartition:
-        return _SteadyPartition(self.batches, self.due, self.tick)
+        return _SteadyPartition(self.batches, self.due, self.tick, self.max_lines)
 
 
 # ------------------------------------------------------------------ how cost grows
@@ -607,8 +627,9 @@ def _file_flow_child(path: str, batch_size: int) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="cityvitals-bench-size-") as out:
         config = PipelineConfig(out=Path(out), batch_size=batch_size)
+        flow = build(JsonLinesSource(path, batch_size), config)
         started = time.perf_counter()
-        run_main(build(JsonLinesSource(path, batch_size), config))
+        run_main(flow)
         seconds = time.perf_counter() - started
     return {"seconds": seconds, "rss_mb": _rss_mb()}
 

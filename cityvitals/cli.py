@@ -576,9 +576,10 @@ def health(recovery: Path | None, max_age: float) -> None:
 )
 @click.option(
     "--tick",
-    default=1.0,
+    default=0.1,
     show_default=True,
-    help="Seconds between the latency run's input batches (rate × tick lines each).",
+    help="Seconds between the latency run's input batches (rate × tick lines each; "
+    "what is due when the flow polls comes at once).",
 )
 @click.option(
     "--bootstrap",
