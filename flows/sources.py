@@ -7,6 +7,7 @@ the flow never sees one record at a time.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from itertools import islice
 from pathlib import Path
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -28,12 +29,7 @@ class _FilePartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
     def next_batch(self) -> list[RawBatch]:
         if shutdown.requested():  # SIGTERM: stop reading, let the sinks flush
             raise StopIteration
-        lines = []
-        for _ in range(self._batch_size):
-            line = self._file.readline()
-            if not line:
-                break
-            lines.append(line.rstrip(b"\r\n"))
+        lines = [line.rstrip(b"\r\n") for line in islice(self._file, self._batch_size)]
         if not lines:
             raise StopIteration
         batch = RawBatch(str(self._path), 0, self._line, lines)
