@@ -122,13 +122,13 @@ class _Ingest:
         metrics.observe_batch(decoded.frames, decoded.dead["reason"])
         if batch.idle_until is not None:  # an idle partition must not hold windows open
             clock.observe(int(batch.idle_until.timestamp() * 1_000_000))
-        parts = split_by_shard(self._aggregator.partials(decoded.frames), self.config.shards)
+        parts = split_by_shard(self._aggregator.partials(decoded.frames), self.config.shard_count)
         timed = {}
         if (beats := decoded.frames.get("heartbeat")) is not None and beats.height:
             timed["runs"] = heard(beats, self.catalog.devices)
         if (orders := decoded.frames.get("workorder")) is not None and orders.height:
             timed["changes"] = deadlines.changes(orders)
-        timers = split_by_shard(timed, self.config.shards, _TIMER_KEYS)
+        timers = split_by_shard(timed, self.config.shard_count, _TIMER_KEYS)
         ing = Ingested(
             decoded,
             parts,
@@ -356,11 +356,9 @@ def build(
 
     With ``kafka``, breaches, risk level changes and dead letters (and
     indicator values, if that topic is set) are also published to its topics.
-    Unset ``config.shards`` means one shard: a lone worker's (``run_main``); the
-    ``bytewax.run`` entry points set it to the cluster's worker count.
+    Unset ``config.shards`` means one shard (see :attr:`PipelineConfig.shard_count`);
+    the ``bytewax.run`` entry points set it to the cluster's worker count.
     """
-    if config.shards is None:
-        config = config.model_copy(update={"shards": 1})
     catalog = catalog or load_catalog(config.catalog)
     rules = rules or load_rules(config.rules, catalog)
     risk_points = risk_points or load_risk_points(config.risk_points, catalog)
@@ -368,7 +366,7 @@ def build(
     lake = Lake(config.out)
     lake.create()
     partitions = source.list_parts()
-    shards = [str(i) for i in range(config.shards)]
+    shards = [str(i) for i in range(config.shard_count)]
 
     def sink(table: str) -> ParquetSink:
         return ParquetSink(

@@ -115,6 +115,16 @@ class PipelineConfig(BaseModel):
         default=DEFAULT_RISK_POINTS, description="Risk points and grading models (YAML)."
     )
 
+    @property
+    def shard_count(self) -> int:
+        """``shards``, or 1 when unset: a lone worker's (``run_main``); the ``bytewax.run``
+        entry points set ``shards`` to the cluster's worker count before building.
+
+        >>> PipelineConfig().shard_count, PipelineConfig(shards=4).shard_count
+        (1, 4)
+        """
+        return self.shards or 1
+
     @classmethod
     def from_mapping(cls, data: dict[str, Any], source: str = "configuration") -> PipelineConfig:
         """Validate settings from flags or environment, naming every bad key."""
