@@ -419,6 +419,7 @@ def run_bench(settings: BenchSettings, say: Callable[[str], None] = print) -> di
         "duckdb_batch_events_per_s": _rate(results["duckdb"]),
         "kafka_flow_events_per_s": _rate(results["kafka"]),
         "kafka_publish_events_per_s": (results["kafka"] or {}).get("publish_events_per_s"),
+        "kafka_source_events_per_s": _rate((results["kafka"] or {}).get("source")),
         "p50_latency_ms": lat["p50_ms"],
         "p99_latency_ms": lat["p99_ms"],
         "latency_rate_events_per_s": rate,
@@ -430,6 +431,7 @@ def run_bench(settings: BenchSettings, say: Callable[[str], None] = print) -> di
         "flow_vs_naive": None,
         "flow_vs_polars": None,
         "flow_subset_vs_naive": None,
+        "flow_subset_vs_polars": None,
         "engines": results,
     }
     report["flow_subset_vs_naive"] = _ratio(
@@ -437,6 +439,9 @@ def run_bench(settings: BenchSettings, say: Callable[[str], None] = print) -> di
     )
     report["flow_vs_naive"] = _ratio(flow_rate, report["naive_events_per_s"])
     report["flow_vs_polars"] = _ratio(flow_rate, report["polars_batch_events_per_s"])
+    report["flow_subset_vs_polars"] = _ratio(
+        report["flow_subset_events_per_s"], report["polars_batch_events_per_s"]
+    )
     return report
 
 
@@ -456,7 +461,28 @@ def _kafka(path: str, settings: BenchSettings) -> dict:
     published = _in_child(_publish_child, path, kafka, settings.batch_size)
     result = _in_child(_kafka_child, kafka)
     result["publish_events_per_s"] = published
+    result["source"] = _in_child(_kafka_source_child, kafka)
     return result
+
+
+def _kafka_source_child(kafka) -> dict:
+    """The flow's Kafka source alone: every input partition read to its end, nothing done
+    with the records (the ceiling of the Kafka row on this machine and broker)."""
+    from flows.kafka_io import KafkaInput
+
+    source = KafkaInput(kafka)
+    parts = [source.build_part("read", name, None) for name in source.list_parts()]
+    events = 0
+    started = time.perf_counter()
+    while parts:
+        for part in list(parts):
+            try:
+                events += sum(len(b.lines) for b in part.next_batch())
+            except StopIteration:
+                part.close()
+                parts.remove(part)
+    seconds = time.perf_counter() - started
+    return {"events": events, "seconds": seconds, "rss_mb": _rss_mb()}
 
 
 def _publish_child(path: str, kafka, batch_size: int) -> float:
@@ -698,12 +724,17 @@ def print_report(report: dict, echo: Callable[[str], None] = print) -> None:
         if not r:
             echo(f"{name:<34}{'—':>12}{'—':>10}{'—':>13}")
             continue
-        rate = r["events"] / r["seconds"] if r["seconds"] else None
-        echo(f"{name:<34}{_fmt(rate):>12}{r['seconds']:>10.2f}{r['rss_mb']:>13,.0f}")
+        rows = [(name, r)]
+        if r.get("source"):
+            rows.append(("  its Kafka source alone", r["source"]))
+        for label, row in rows:
+            rate = row["events"] / row["seconds"] if row["seconds"] else None
+            echo(f"{label:<34}{_fmt(rate):>12}{row['seconds']:>10.2f}{row['rss_mb']:>13,.0f}")
     for label, key in (
         ("flow / naive", "flow_vs_naive"),
         ("flow / Polars", "flow_vs_polars"),
         ("flow cut to the subset / naive", "flow_subset_vs_naive"),
+        ("flow cut to the subset / Polars", "flow_subset_vs_polars"),
     ):
         v = report[key]
         echo(f"{label:<34}{'—' if v is None else f'{v:.2f}×':>12}")

@@ -562,22 +562,35 @@ def health(recovery: Path | None, max_age: float) -> None:
 
 
 @main.command()
-@click.option("--events", default=300_000, show_default=True, help="Events in the input set.")
+@click.option(
+    "--events",
+    default=300_000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Events in the input set.",
+)
 @click.option("--devices", default=500, show_default=True, help="Devices in the simulated city.")
 @click.option("--seed", default=7, show_default=True, help="Random seed of the input.")
 @click.option(
-    "--batch-size", default=10_000, show_default=True, help="Lines per batch fed to the flows."
+    "--batch-size",
+    default=10_000,
+    show_default=True,
+    type=click.IntRange(1, 1_000_000),
+    help="Lines per batch fed to the flows.",
 )
 @click.option(
     "--rate",
     default=100_000.0,
     show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    callback=_finite_rate,
     help="Steady input rate of the latency run, events/s (halved flow rate if it can't keep up).",
 )
 @click.option(
     "--tick",
     default=0.1,
     show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
     help="Seconds between the latency run's input batches (rate × tick lines each; "
     "what is due when the flow polls comes at once).",
 )
@@ -624,6 +637,7 @@ def bench(
         _bench_views(lake_rows, json_path)
         return
 
+    _scenario(devices, 60, seed)  # --devices and --seed as the simulator takes them
     settings = BenchSettings(
         events=events,
         devices=devices,

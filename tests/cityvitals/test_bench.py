@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 from click.testing import CliRunner
 
 from cityvitals.bench import REQUIRED_KEYS
@@ -35,6 +36,25 @@ def test_bench_writes_every_required_key(tmp_path):
         assert report[key] is None or isinstance(report[key], float)
 
 
+def test_bench_with_a_broker_reads_every_event_through_kafka(kafka_bootstrap, tmp_path):
+    """The Kafka row: the flow and its source alone each read the whole input from Kafka."""
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(
+        main,
+        ["bench", "--events", "3000", "--devices", "200", "--no-naive", "--json", str(out)],
+        env={"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap},
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    report = orjson.loads(out.read_bytes())
+    kafka = report["engines"]["kafka"]
+    assert kafka["events"] == 3000  # counted by the lake's ingest_batches
+    assert kafka["source"]["events"] == 3000
+    assert report["kafka_flow_events_per_s"] > 0
+    assert report["kafka_source_events_per_s"] > report["kafka_flow_events_per_s"]
+    assert "its Kafka source alone" in result.output
+
+
 def test_sizes_report_time_per_event_and_memory_per_device():
     from cityvitals.bench import BenchSettings, run_sizes
 
@@ -61,6 +81,22 @@ def test_views_part_times_every_view_on_a_synthetic_lake(tmp_path):
         assert 0 < t["best_s"] <= t["first_s"], name
         assert t["rows"] > 0, name
         assert name in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--devices", "100"], "Scenario.devices must be an int >= 200, got 100"),
+        (["--events", "0"], "Invalid value for '--events': 0 is not in the range x>=1"),
+        (["--tick", "0"], "Invalid value for '--tick': 0.0 is not in the range x>0"),
+        (["--rate", "inf"], "expected a finite number of events per second, got inf"),
+    ],
+)
+def test_bad_options_stop_before_any_run_with_one_message(args, message):
+    result = CliRunner(env={"KAFKA_BOOTSTRAP_SERVERS": ""}).invoke(main, ["bench", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output and "generating" not in result.output
 
 
 def test_views_only_needs_lake_rows():
