@@ -176,6 +176,11 @@ class Evaluator:
         return {name: self.__dict__[name] for name in _STATE}
 
     def __setstate__(self, state: dict) -> None:
+        state = {name: state[name] for name in _STATE}  # older snapshots held tables too
+        state["_previous"] = {  # older snapshots kept the last windows as frames
+            rule: _Last.of(last) if isinstance(last, pl.DataFrame) else last
+            for rule, last in state["_previous"].items()
+        }
         self.__dict__.update(state)
         self._plan()
 
@@ -629,6 +634,20 @@ class _Last:
         self.value = np.zeros(0, np.float64)
         self.null = np.zeros(0, bool)
         self.known = np.zeros(0, bool)  # whether the row holds a window yet
+
+    @classmethod
+    def of(cls, frame: pl.DataFrame) -> _Last:
+        """From a frame of ``entity_id``, ``window_start``, ``window_end`` and ``value``."""
+        last = cls()
+        value = frame.get_column("value")
+        last.keep(
+            last.slots(frame.get_column("entity_id").to_list()),
+            _micros(frame.get_column("window_start")),
+            _micros(frame.get_column("window_end")),
+            value.to_numpy().astype(np.float64),
+            value.is_null().to_numpy(),
+        )
+        return last
 
     def slots(self, entities: list[str]) -> np.ndarray:
         """The row of each entity, new ones added (not ``known``)."""

@@ -204,3 +204,43 @@ def test_a_restored_evaluator_continues_exactly_like_an_uninterrupted_one():
     states = {c["state"] for _, ch in whole for c in ch}
     assert {"opened", "escalated", "cleared"} <= states
     assert {c["measure"] for _, ch in whole for c in ch} == {"value", "change", "no_data"}
+
+
+def test_a_snapshot_of_the_frame_era_restores_its_last_windows():
+    # Snapshots made before the last windows were columnar held each change rule's
+    # last windows as a frame, and the derived tables; a restore still continues.
+    rule = Rule(id="rise", indicator="t", measure="change", direction="above", levels={"red": 5})
+    rules = RuleSet(rules=[rule])
+    frame = pl.concat([values("f1", [1, 2, 3, 4]), values("f2", [10, 11, 12, 13])])
+    later = pl.concat([values("f1", [10, 11], start=4), values("f2", [14, 30], start=4)])
+    whole = Evaluator(rules)
+    whole.evaluate(frame, now=NOW)
+    expected = whole.evaluate(later, now=NOW)
+
+    ev = Evaluator(rules)
+    ev.evaluate(frame, now=NOW)
+    state = dict(ev.__getstate__())
+    last = state["_previous"]["rise"]
+    entities = sorted(last.slot, key=last.slot.get)
+    state["_previous"] = {
+        "rise": pl.DataFrame(
+            {
+                "entity_id": entities,
+                "window_start": pl.Series(last.start).cast(pl.Datetime("us", "UTC")),
+                "window_end": pl.Series(last.end).cast(pl.Datetime("us", "UTC")),
+                "value": last.value,
+            }
+        )
+    }
+    state["_exprs"] = {}  # a derived table of the time
+    old = Evaluator.__new__(Evaluator)
+    old.__setstate__(state)
+    levels, changes = old.evaluate(later, now=NOW)
+    assert changes == expected[1]
+    assert levels.equals(expected[0])
+    # f1 rises from its last window before the snapshot (4 -> 10)
+    assert [(c["entity_id"], c["state"], c["event_ts"]) for c in changes] == [
+        ("f1", "opened", at(5)),
+        ("f1", "cleared", at(6)),
+        ("f2", "opened", at(6)),
+    ]
