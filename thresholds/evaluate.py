@@ -381,8 +381,9 @@ class Evaluator:
         if last is None:
             last = self._previous[rule.id] = _Last()
         slot = last.slots(cols.strings("entity_id", rows))
-        before = np.unique(slot)
-        before = before[last.known[before]]  # stored windows of the entities in the batch
+        here = np.zeros(last.known.size, bool)
+        here[slot] = True
+        before = np.flatnonzero(here & last.known)  # stored windows of the batch's entities
         m = before.size
         slots = np.concatenate([before, slot])
         start = np.concatenate([last.start[before], cols.start[rows]])
@@ -426,13 +427,14 @@ class Evaluator:
         picked = np.where(judged, order[known[tail]], order[tail])
         value = np.where(judged, v[picked], cols.value[rows[picked]])
         missing = np.where(judged, False, cols.null[rows[picked]])
-        latest = rows[order[tail]]
-        about = cols.take(["entity_id", "sector", "entity_type", "window_end"], latest.tolist())
+        latest = order[tail].tolist()
+        about = cols.take(["sector", "entity_type", "window_end"], rows[latest].tolist())
         seen = self._seen.setdefault(rule.id, {})
         series = self._series.get(rule.id, {})
-        for (entity, sector, etype, end), x, gone in zip(
-            about, value.tolist(), missing.tolist(), strict=True
+        for i, (sector, etype, end), x, gone in zip(
+            latest, about, value.tolist(), missing.tolist(), strict=True
         ):
+            entity = entities[i]
             old = seen.get(entity)
             if old is None or end > old.last_end:
                 seen[entity] = _Seen(sector, etype, end, None if gone else x)
