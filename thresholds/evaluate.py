@@ -49,6 +49,7 @@ import hashlib
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 
 import numpy as np
 import polars as pl
@@ -109,25 +110,79 @@ class Evaluator:
     def __init__(self, rules: RuleSet, evidence: int = 5) -> None:
         self.rules = rules
         self.evidence = evidence
-        self._by_indicator: dict[str, list[Rule]] = {}
-        for r in rules.rules:
-            self._by_indicator.setdefault(r.indicator, []).append(r)
         self._series: dict[str, dict[str, _Series]] = {}  # rule id -> entity -> state
-        self._previous: dict[str, pl.DataFrame] = {}  # change rules: last window per entity
+        self._previous: dict[str, _Last] = {}  # change rules: last window per entity
         self._seen: dict[str, dict[str, _Seen]] = {}  # no_data alert rules: entity -> last
-        self._gid = {r.id: i for i, r in enumerate(rules.rules)}  # rule id -> position
-        self._k = [self._by_indicator[r.indicator].index(r) for r in rules.rules]
-        self._simple = {i for i, r in enumerate(rules.rules) if _simple(r)}
+        self._plan()
+
+    def _plan(self) -> None:
+        """Build what the rules imply once: the tables :meth:`_grade` looks up."""
+        rules = self.rules.rules
+        self._gid = {r.id: i for i, r in enumerate(rules)}  # rule id -> position
+        # Each indicator's code, and its rules in order (a rule's position there is its k).
+        self._codes: dict[str, int] = {}
+        by_code: list[list[int]] = []
+        for gid, r in enumerate(rules):
+            code = self._codes.setdefault(r.indicator, len(by_code))
+            if code == len(by_code):
+                by_code.append([])
+            by_code[code].append(gid)
+        self._k = [0] * len(rules)
+        # _rules[code, k]: the k-th rule of the indicator (-1: none); the last row for
+        # indicators without rules.
+        self._rules = np.full((len(by_code) + 1, max(map(len, by_code))), -1, np.int64)
+        for code, gids in enumerate(by_code):
+            self._rules[code, : len(gids)] = gids
+            for k, gid in enumerate(gids):
+                self._k[gid] = k
+        # Bounds of every set of bands: row _base[gid] + variant (see :func:`_ranks`).
+        lo, hi, base = [], [], []
+        for r in rules:
+            base.append(len(lo))
+            for bands in r.variants:
+                spans = [
+                    bands.span(name, r.direction) if name in bands.levels else (None, None)
+                    for name in LEVELS
+                ]
+                lo.append([np.nan if low is None else low for low, _ in spans])
+                hi.append([np.nan if high is None else high for _, high in spans])
+        self._lo = np.array(lo, np.float64).T.copy()  # [level, band]
+        self._hi = np.array(hi, np.float64).T.copy()
+        self._base = np.array(base, np.int64)
+        self._min = np.array([r.min_samples for r in rules], np.int64)
+        self._change = [gid for gid, r in enumerate(rules) if r.measure == "change"]
+        # Rules with schedules or overrides: which bands each of their rows is under. What
+        # that depends on decides what is kept of it (rebuilt, not pickled): the entity
+        # only (overrides without schedules), the window's start only (schedules without
+        # overrides), or both (nothing kept: a query per batch).
+        tz = self.rules.timezone
+        self._variant_of: dict[int, pl.Expr] = {}  # of a frame of the rule's rows
+        self._by_entity: dict[int, dict[str, int]] = {}
+        self._by_minute: dict[int, dict[int, np.ndarray]] = {}  # UTC day -> each minute's
+        for gid, r in enumerate(rules):
+            if not (r.schedules or r.overrides):
+                continue
+            self._variant_of[gid] = r.variant_of(pl.col("entity_id"), pl.col("window_start"), tz)
+            if not r.schedules:
+                self._by_entity[gid] = {}
+            elif not r.overrides:
+                self._by_minute[gid] = {}
         self._no_data_alert = [
-            i for i, r in enumerate(rules.rules) if r.no_data and r.no_data.action == "alert"
+            gid for gid, r in enumerate(rules) if r.no_data and r.no_data.action == "alert"
         ]
-        # Built once: expressions of the rules the table of bounds does not serve.
-        self._exprs = {
-            i: self._graded(r) for i, r in enumerate(rules.rules) if i not in self._simple
+        self._no_data = [r for r in rules if r.no_data and r.no_data.action != "keep"]
+
+    def __getstate__(self) -> dict:
+        return {name: self.__dict__[name] for name in _STATE}
+
+    def __setstate__(self, state: dict) -> None:
+        state = {name: state[name] for name in _STATE}  # older snapshots held tables too
+        state["_previous"] = {  # older snapshots kept the last windows as frames
+            rule: _Last.of(last) if isinstance(last, pl.DataFrame) else last
+            for rule, last in state["_previous"].items()
         }
-        self._bounds = _bounds(
-            [(i, self._k[i], r) for i, r in enumerate(rules.rules) if i in self._simple]
-        )
+        self.__dict__.update(state)
+        self._plan()
 
     @property
     def open_alerts(self) -> int:
@@ -155,120 +210,235 @@ class Evaluator:
     def _grade(self, values: pl.DataFrame, now: datetime, changes: list[dict]) -> pl.DataFrame:
         """Grade every value under every rule of its indicator, in one pass.
 
-        All (value, rule) pairs are graded by one query: rules that judge the
-        value under their own bands only join a table of bounds; rules with
-        schedules or overrides, and ``change`` rules, add a plan of their own.
-        Only the series in trouble then go through :meth:`_step`, in the
-        order of the indicators' first rows, the rules' order, entity and window.
+        Every (value, rule) pair is graded at once on NumPy arrays against a
+        table of bounds (no query: a batch with nothing in breach and no
+        series in trouble costs a few array operations). The bands in force
+        under overrides or schedules are kept by entity or by minute; a rule
+        with both takes a query over its rows. Only the series in trouble then
+        go through :meth:`_step`, in the order of the indicators' first rows,
+        the rules' order, entity and window.
         """
-        present = set(values["indicator_id"].unique())
-        rows = values.lazy().with_row_index("_i")
-        # The indicators' order of first rows: the order the series are stepped in.
-        rows = rows.with_columns(_ind=pl.col("_i").min().over("indicator_id"))
-        simple = self._bounds.filter(pl.col("indicator_id").is_in(list(present)))
-        plans = [
-            rows.join(simple.lazy(), on="indicator_id")
-            .with_columns(_v=pl.col("value"), _variant=pl.lit(0, dtype=pl.Int16))
-            .with_columns(_raw=_SIMPLE_RAW)
-            .select(_COLUMNS)
-        ]
-        lasts: dict[str, pl.LazyFrame] = {}  # change rules: each entity's last window
-        for gid, rule in enumerate(self.rules.rules):
-            if gid in self._simple or rule.indicator not in present:
-                continue
-            variant, raw = self._exprs[gid]
-            mine = rows.filter(pl.col("indicator_id") == rule.indicator)
-            mine = mine.with_columns(_variant=variant)
-            if rule.measure == "value":  # bands by schedule or override: no state
-                mine = mine.with_columns(_v=pl.col("value"))
-            else:
-                mine, lasts[rule.id] = self._changes(rule, mine)
-            plans.append(
-                mine.with_columns(
-                    _rule=pl.lit(gid, dtype=pl.Int32),
-                    _k=pl.lit(self._k[gid], dtype=pl.Int32),
-                    _raw=raw,
-                ).select(_COLUMNS)
-            )
-        pairs = pl.concat(plans)
-        # Series in trouble: watched already, or in breach somewhere in this batch.
-        trouble = (pl.col("_raw") != "normal").fill_null(False).any().over("_rule", "entity_id")
-        watched = [(self._gid[r], e) for r, by in self._series.items() for e in by]
-        if watched:
-            keys = pl.DataFrame(
-                watched, schema={"_rule": pl.Int32, "entity_id": pl.String}, orient="row"
-            ).with_columns(_watched=pl.lit(True))
-            pairs = pairs.join(keys.lazy(), on=["_rule", "entity_id"], how="left")
-            trouble = trouble | pl.col("_watched").fill_null(False)
-        pairs, *kept = pl.collect_all(
-            [pairs.with_columns(_hot=trouble), *lasts.values()], engine=ENGINE
-        )
-        self._previous.update(zip(lasts, kept, strict=True))
-        for g in self._no_data_alert:
-            if self.rules.rules[g].indicator in present:
-                self._remember(self.rules.rules[g], pairs.filter(pl.col("_rule") == g))
-        hot = pairs.filter("_hot").sort("_ind", "_k", "entity_id", "window_start")
-        ranks = np.zeros(values.height, dtype=np.int64)
+        n = values.height
+        runs = values.get_column("indicator_id").rle().struct.unnest()
+        none = len(self._rules) - 1  # the code of indicators without rules
+        names = runs.get_column("value").to_list()
+        codes = [self._codes.get(x, none) for x in names]  # of each run
+        code = np.repeat(np.array(codes, np.int64), runs.get_column("len").to_numpy())
+        present = {g for g in self._rules[list(set(codes))].ravel().tolist() if g >= 0}
+        if not present:
+            return _with_level(values, None)
+        # Pairs: (row, rule) for each rule of the row's indicator, k by k.
+        rows, gids = [], []
+        for k in range(self._rules.shape[1]):
+            g = self._rules[code, k]
+            at = np.flatnonzero(g >= 0)
+            rows.append(at)
+            gids.append(g[at])
+        row, gid = np.concatenate(rows), np.concatenate(gids)
         rules = self.rules.rules
-        for row in hot.iter_rows(named=True):
-            rank = _RANK[self._step(rules[row["_rule"]], row, now, changes)]
-            if rank > ranks[row["_i"]]:
-                ranks[row["_i"]] = rank
-        return values.with_columns(level=_LEVEL_NAMES.gather(ranks))
+        cols = _Columns(values)
+        v, vnull = cols.value[row], cols.null[row]
+        variant = np.zeros(row.size, np.int64)
+        mine = {g: np.flatnonzero(gid == g) for g in present if g in self._variant_of}
+        for g in self._change:
+            if g in present:
+                mine[g] = at = np.flatnonzero(gid == g)
+                v[at], vnull[at] = self._changes(rules[g], row[at], cols)
+        asked = {}  # rules whose bands take a query over their rows
+        for g, at in mine.items():
+            if g in self._variant_of:
+                found = self._known_variants(g, row[at], cols)
+                if found is None:
+                    indicator = pl.col("indicator_id") == rules[g].indicator
+                    asked[g] = values.lazy().filter(indicator).select(self._variant_of[g])
+                else:
+                    variant[at] = found
+        for g, found in zip(asked, pl.collect_all(asked.values(), engine=ENGINE), strict=True):
+            variant[mine[g]] = found.to_series().to_numpy()
+        raw = self._ranks(v, vnull, cols.samples[row], gid, variant)
+        for g in self._no_data_alert:
+            if g in present:
+                at = mine.get(g)
+                at = np.flatnonzero(gid == g) if at is None else at
+                self._remember(rules[g], row[at], v[at], vnull[at], cols)
+        # Series in trouble: watched already, or in breach somewhere in this batch.
+        watched = {self._gid[r]: by for r, by in self._series.items()}
+        trouble = present & (set(np.unique(gid[raw > 0]).tolist()) | watched.keys())
+        if not trouble:
+            return _with_level(values, None)
+        hot = []
+        first = {}  # indicator code -> its first row: the indicators' order of first rows
+        for g in trouble:
+            at = mine.get(g)
+            at = np.flatnonzero(gid == g) if at is None else at
+            entities = cols.strings("entity_id", row[at])
+            keys = {entities[j] for j in np.flatnonzero(raw[at] > 0).tolist()}
+            keys.update(watched.get(g, ()))
+            c = int(code[row[at[0]]])
+            if c not in first:
+                first[c] = int(np.argmax(code == c))
+            ind, k = first[c], self._k[g]
+            starts = cols.start[row[at]]
+            for j, e in enumerate(entities):
+                if e in keys:
+                    p = int(at[j])
+                    hot.append((ind, k, e, int(starts[j]), int(row[p]), g, p))
+        hot.sort()
+        about = cols.take(
+            ["sector", "entity_type", "window_start", "window_end"], [h[4] for h in hot]
+        )
+        ranks = np.zeros(n, dtype=np.int64)
+        for (_, _, entity, _, i, g, p), (sector, etype, start, end) in zip(hot, about, strict=True):
+            r = int(raw[p])
+            step = {
+                "entity_id": entity,
+                "sector": sector,
+                "entity_type": etype,
+                "window_start": start,
+                "window_end": end,
+                "_v": None if vnull[p] else float(v[p]),
+                "_variant": int(variant[p]),
+                "_raw": None if r < 0 else SEVERITIES[r],
+            }
+            rank = _RANK[self._step(rules[g], step, now, changes)]
+            if rank > ranks[i]:
+                ranks[i] = rank
+        return _with_level(values, ranks if ranks.any() else None)
 
-    def _graded(self, rule: Rule) -> tuple[pl.Expr, pl.Expr]:
-        """``rule``'s expressions of the bands in force for each row (``_variant``), and of
-        the raw level of its ``_v`` under them (``_raw``, null where it is not judged)."""
-        tz = self.rules.timezone
-        variant = rule.variant_of(pl.col("entity_id"), pl.col("window_start"), tz)
-        raw = rule.level_expr(pl.col("_v"), pl.col("_variant"))
-        judged = (pl.col("samples") >= rule.min_samples) & pl.col("_v").is_not_null()
-        return variant, pl.when(judged).then(raw).otherwise(None)
+    def _known_variants(self, gid: int, rows: np.ndarray, cols: _Columns) -> np.ndarray | None:
+        """The bands in force at ``rows`` of rule ``gid`` from what is kept, else ``None``.
 
-    def _changes(self, rule: Rule, rows: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
-        """Add ``_v``, the difference from the same entity's previous, adjacent window.
-
-        Also returns the plan of what to keep: each entity's last window.
+        By entity: each new entity is looked up once. By window start: every
+        minute of a UTC day is looked up at once, for windows that start on a
+        minute (the few last days are kept).
         """
-        cols = ["entity_id", "window_start", "window_end", "value"]
-        now = rows.select("_i", *cols)
-        stored = self._previous.get(rule.id)
-        if stored is not None:
-            before = (
-                stored.lazy()
-                .join(now.select("entity_id").unique(), on="entity_id", how="semi")
-                .with_columns(_i=pl.lit(None, dtype=pl.UInt32))
-            )
-            now = pl.concat([before.select("_i", *cols), now])
-        now = now.sort("entity_id", "window_start").with_columns(
-            _v=pl.when(pl.col("window_end").shift(1).over("entity_id") == pl.col("window_start"))
-            .then(pl.col("value") - pl.col("value").shift(1).over("entity_id"))
-            .otherwise(None)
-        )
-        last = now.group_by("entity_id").agg(pl.all().exclude("_i", "_v").last()).select(cols)
-        if stored is not None:  # entities without a value in this batch keep theirs
-            kept = stored.lazy().join(last.select("entity_id"), on="entity_id", how="anti")
-            last = pl.concat([kept, last])
-        judged = rows.join(now.filter(pl.col("_i").is_not_null()).select("_i", "_v"), on="_i")
-        return judged, last
+        by_entity = self._by_entity.get(gid)
+        if by_entity is not None:
+            entities = cols.strings("entity_id", rows)
+            new = [e for e in dict.fromkeys(entities) if e not in by_entity]
+            if new:
+                frame = pl.DataFrame(
+                    {"entity_id": new, "window_start": None},
+                    schema={"entity_id": pl.String, "window_start": _UTC},
+                )
+                found = frame.lazy().select(self._variant_of[gid]).collect(engine=ENGINE)
+                by_entity.update(zip(new, found.to_series().to_list(), strict=True))
+            return np.fromiter((by_entity[e] for e in entities), np.int64, len(entities))
+        by_minute = self._by_minute.get(gid)
+        if by_minute is None:
+            return None
+        start = cols.start[rows]
+        day, minute = np.divmod(start, _DAY)
+        minute, second = np.divmod(minute, _MINUTE)
+        if second.any():
+            return None
+        days = np.unique(day).tolist()
+        for d in days:
+            if d not in by_minute:
+                at = pl.Series(d * _DAY + np.arange(0, _DAY, _MINUTE), dtype=pl.Int64)
+                frame = pl.DataFrame({"entity_id": None, "window_start": at.cast(_UTC)})
+                found = frame.lazy().select(self._variant_of[gid]).collect(engine=ENGINE)
+                by_minute[d] = found.to_series().to_numpy().astype(np.int64)
+        if len(days) == 1:
+            out = by_minute[days[0]][minute]
+        else:
+            out = np.empty(rows.size, np.int64)
+            for d in days:
+                here = day == d
+                out[here] = by_minute[d][minute[here]]
+        for d in sorted(by_minute)[: -max(_DAYS_KEPT, len(days))]:
+            del by_minute[d]  # the oldest
+        return out
 
-    def _remember(self, rule: Rule, rows: pl.DataFrame) -> None:
+    def _ranks(
+        self, v: np.ndarray, null: np.ndarray, samples: np.ndarray, gid: np.ndarray, variant
+    ) -> np.ndarray:
+        """The raw rank of each pair's ``v`` under the bands in force (-1: not judged).
+
+        The gravest level reached: at or below its low bound or at or above its
+        high bound. As in Polars, NaN is above every number: it reaches every
+        high bound and no low one.
+        """
+        band = self._base.take(gid) + variant
+        rank = np.zeros(v.size, np.int64)
+        nan = np.isnan(v)
+        nan = nan if nan.any() else None
+        for level, (lo, hi) in enumerate(zip(self._lo, self._hi, strict=True), 1):
+            high = hi.take(band)
+            hit = (v <= lo.take(band)) | (v >= high)
+            if nan is not None:
+                hit |= nan & ~np.isnan(high)
+            np.putmask(rank, hit, level)  # mild to grave: the last match wins
+        judged = (samples >= self._min.take(gid)) & ~null
+        return np.where(judged, rank, -1)
+
+    def _changes(
+        self, rule: Rule, rows: np.ndarray, cols: _Columns
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's difference from the same entity's previous, adjacent window, and
+        where it is null; keeps each entity's last window for the next batch."""
+        last = self._previous.get(rule.id)
+        if last is None:
+            last = self._previous[rule.id] = _Last()
+        slot = last.slots(cols.strings("entity_id", rows))
+        here = np.zeros(last.known.size, bool)
+        here[slot] = True
+        before = np.flatnonzero(here & last.known)  # stored windows of the batch's entities
+        m = before.size
+        slots = np.concatenate([before, slot])
+        start = np.concatenate([last.start[before], cols.start[rows]])
+        end = np.concatenate([last.end[before], cols.end[rows]])
+        value = np.concatenate([last.value[before], cols.value[rows]])
+        null = np.concatenate([last.null[before], cols.null[rows]])
+        order = np.lexsort((start, slots))  # stable: a stored window first on a tie
+        slots, start, end, value, null = (a[order] for a in (slots, start, end, value, null))
+        same = slots[1:] == slots[:-1]
+        diff = np.full(order.size, np.nan)
+        with np.errstate(invalid="ignore"):
+            diff[1:] = value[1:] - value[:-1]
+        missing = np.ones(order.size, bool)
+        missing[1:] = ~(same & (end[:-1] == start[1:])) | null[1:] | null[:-1]
+        tail = np.ones(order.size, bool)
+        tail[:-1] = ~same
+        last.keep(slots[tail], start[tail], end[tail], value[tail], null[tail])
+        at = np.empty(order.size, np.int64)
+        at[order] = np.arange(order.size)
+        at = at[m:]
+        return diff[at], missing[at]
+
+    def _remember(
+        self, rule: Rule, rows: np.ndarray, v: np.ndarray, null: np.ndarray, cols: _Columns
+    ) -> None:
         """Note each entity's latest window, so its silence can be noticed."""
-        seen = self._seen.setdefault(rule.id, {})
-        latest = (
-            rows.sort("window_start")
-            .group_by("entity_id")
-            .agg(
-                pl.col("sector", "entity_type", "window_end").last(),
-                pl.col("_v").drop_nulls().last(),
-                pl.col("value").last(),
-            )
+        entities = cols.strings("entity_id", rows)
+        index: dict[str, int] = {}
+        codes = np.fromiter(
+            (index.setdefault(e, len(index)) for e in entities), np.int64, rows.size
         )
-        for entity, sector, etype, end, v, value in latest.iter_rows():
+        order = np.lexsort((cols.start[rows], codes))
+        codes = codes[order]
+        tail = np.ones(rows.size, bool)
+        tail[:-1] = codes[1:] != codes[:-1]
+        head = np.flatnonzero(np.concatenate([[True], tail[:-1]]))
+        # the last judged value of each entity (_v not null), else its last value
+        known = np.maximum.accumulate(np.where(null[order], -1, np.arange(rows.size)))
+        tail = np.flatnonzero(tail)
+        judged = known[tail] >= head
+        picked = np.where(judged, order[known[tail]], order[tail])
+        value = np.where(judged, v[picked], cols.value[rows[picked]])
+        missing = np.where(judged, False, cols.null[rows[picked]])
+        latest = order[tail].tolist()
+        about = cols.take(["sector", "entity_type", "window_end"], rows[latest].tolist())
+        seen = self._seen.setdefault(rule.id, {})
+        series = self._series.get(rule.id, {})
+        for i, (sector, etype, end), x, gone in zip(
+            latest, about, value.tolist(), missing.tolist(), strict=True
+        ):
+            entity = entities[i]
             old = seen.get(entity)
             if old is None or end > old.last_end:
-                seen[entity] = _Seen(sector, etype, end, v if v is not None else value)
-            s = self._series.get(rule.id, {}).get(entity)
+                seen[entity] = _Seen(sector, etype, end, None if gone else x)
+            s = series.get(entity)
             if s is not None:
                 s.silent = False
 
@@ -318,10 +488,8 @@ class Evaluator:
 
     def _silence(self, watermark: datetime, now: datetime, changes: list[dict]) -> None:
         """Apply ``no_data`` to every series silent for its rule's ``after``."""
-        for rule in self.rules.rules:
+        for rule in self._no_data:
             policy = rule.no_data
-            if policy is None or policy.action == "keep":
-                continue
             series = self._series.get(rule.id, {})
             if policy.action == "clear":
                 for entity, s in list(series.items()):
@@ -396,78 +564,114 @@ class Evaluator:
         )
 
 
-#: The columns of every graded (value, rule) pair.
-_COLUMNS = [
-    "_rule",
-    "_k",
-    "_i",
-    "_ind",
-    "indicator_id",
-    "sector",
-    "entity_type",
-    "entity_id",
-    "window_start",
-    "window_end",
-    "value",
-    "samples",
-    "_v",
-    "_variant",
-    "_raw",
-]
+#: What a snapshot keeps: the rules and the state; the rest is rebuilt from the rules.
+_STATE = ("rules", "evidence", "_series", "_previous", "_seen")
 
 _LEVEL_NAMES = pl.Series("level", SEVERITIES)
+_UTC = pl.Datetime("us", "UTC")
+_MINUTE = 60_000_000  # µs
+_DAY = 24 * 60 * _MINUTE
+_DAYS_KEPT = 4  # days of bands by minute kept per rule
 
 
-def _simple(rule: Rule) -> bool:
-    """Whether ``rule`` judges the value itself under its own bands only."""
-    return rule.measure == "value" and not rule.schedules and not rule.overrides
+def _with_level(values: pl.DataFrame, ranks: np.ndarray | None) -> pl.DataFrame:
+    """``values`` with the ``level`` of each rank (``None``: all normal)."""
+    if ranks is None:
+        level = _LEVEL_NAMES.new_from_index(0, values.height)
+    else:
+        level = _LEVEL_NAMES.gather(ranks)
+    if "level" in values.columns:
+        return values.with_columns(level)
+    return values.hstack([level])
 
 
-def _bounds(rules: list[tuple[int, int, Rule]]) -> pl.DataFrame:
-    """One row per ``(position, position among its indicator's rules, rule)``: its bounds.
+class _Columns:
+    """The columns of one batch the evaluator reads, as NumPy arrays (times in µs)."""
 
-    ``_lo_L`` / ``_hi_L``: values at or below / at or above reach level ``L``
-    (null where the rule has no such level or side); see :data:`_SIMPLE_RAW`.
+    def __init__(self, values: pl.DataFrame) -> None:
+        self.frame = values
+        value = values.get_column("value")
+        self.value = value.to_numpy().astype(np.float64, copy=False)  # NaN where null
+        self.null = value.is_null().to_numpy() if value.null_count() else np.zeros(len(value), bool)
+        self.samples = values.get_column("samples").to_numpy()  # NaN where null: not judged
 
-    >>> from thresholds.rules import Rule
-    >>> r = Rule(id="hot", indicator="t", direction="above", levels={"red": 70}, min_samples=2)
-    >>> _bounds([(0, 0, r)]).select("_rule", "_min", "_lo_red", "_hi_red").rows()
-    [(0, 2, None, 70.0)]
-    """
-    cols: dict[str, list] = {"indicator_id": [], "_rule": [], "_k": [], "_min": []}
-    for name in LEVELS:
-        cols[f"_lo_{name}"], cols[f"_hi_{name}"] = [], []
-    for gid, k, rule in rules:
-        cols["indicator_id"].append(rule.indicator)
-        cols["_rule"].append(gid)
-        cols["_k"].append(k)
-        cols["_min"].append(rule.min_samples)
-        for name in LEVELS:
-            low, high = rule.span(name, rule.direction) if name in rule.levels else (None, None)
-            cols[f"_lo_{name}"].append(low)
-            cols[f"_hi_{name}"].append(high)
-    schema = {"indicator_id": pl.String, "_rule": pl.Int32, "_k": pl.Int32, "_min": pl.Int64}
-    schema |= {c: pl.Float64 for c in cols if c.startswith(("_lo_", "_hi_"))}
-    return pl.DataFrame(cols, schema=schema)
+    @cached_property
+    def start(self) -> np.ndarray:
+        return _micros(self.frame.get_column("window_start"))
 
+    @cached_property
+    def end(self) -> np.ndarray:
+        return _micros(self.frame.get_column("window_end"))
 
-def _simple_raw() -> pl.Expr:
-    """The raw level from a row's ``_v`` and its rule's bounds: the gravest level reached.
+    def strings(self, name: str, rows: np.ndarray) -> list:
+        """Column ``name`` at ``rows`` (ascending, distinct), as a list."""
+        col = self.frame.get_column(name)
+        if rows.size and int(rows[-1]) - int(rows[0]) + 1 == rows.size:  # a slice
+            return col.slice(int(rows[0]), rows.size).to_list()
+        return col.gather(rows).to_list()
 
-    Null where the rule does not judge the row (too few samples, no value).
-    """
-    v = pl.col("_v")
-    raw = pl.lit("normal")
-    for name in LEVELS:  # mild to grave: the last match wins
-        hit = (v <= pl.col(f"_lo_{name}")).fill_null(False) | (
-            v >= pl.col(f"_hi_{name}")
-        ).fill_null(False)
-        raw = pl.when(hit).then(pl.lit(name)).otherwise(raw)
-    judged = (pl.col("samples") >= pl.col("_min")) & v.is_not_null()
-    return pl.when(judged).then(raw).otherwise(None)
+    def take(self, names: list[str], rows: list[int]) -> list[tuple]:
+        """Columns ``names`` at ``rows`` (in that order), as tuples."""
+        if not rows:
+            return []
+        low, high = min(rows), max(rows) + 1
+        if high - low <= 4 * len(rows) + 64:  # near each other: slices
+            got = [self.frame.get_column(c).slice(low, high - low).to_list() for c in names]
+            return [tuple(c[i - low] for c in got) for i in rows]
+        at = pl.Series(rows, dtype=pl.Int64)
+        return self.frame.lazy().select(pl.col(names).gather(at)).collect(engine=ENGINE).rows()
 
 
-_SIMPLE_RAW = _simple_raw()
+def _micros(col: pl.Series) -> np.ndarray:
+    return col.to_numpy().astype("datetime64[us]", copy=False).view(np.int64)
+
+
+class _Last:
+    """Each entity's last window under one ``change`` rule: start, end (µs) and value."""
+
+    def __init__(self) -> None:
+        self.slot: dict[str, int] = {}  # entity -> its row in the arrays
+        self.start = np.zeros(0, np.int64)
+        self.end = np.zeros(0, np.int64)
+        self.value = np.zeros(0, np.float64)
+        self.null = np.zeros(0, bool)
+        self.known = np.zeros(0, bool)  # whether the row holds a window yet
+
+    @classmethod
+    def of(cls, frame: pl.DataFrame) -> _Last:
+        """From a frame of ``entity_id``, ``window_start``, ``window_end`` and ``value``."""
+        last = cls()
+        value = frame.get_column("value")
+        last.keep(
+            last.slots(frame.get_column("entity_id").to_list()),
+            _micros(frame.get_column("window_start")),
+            _micros(frame.get_column("window_end")),
+            value.to_numpy().astype(np.float64),
+            value.is_null().to_numpy(),
+        )
+        return last
+
+    def slots(self, entities: list[str]) -> np.ndarray:
+        """The row of each entity, new ones added (not ``known``)."""
+        slot = self.slot
+        found = np.fromiter((slot.get(e, -1) for e in entities), np.int64, len(entities))
+        if found.size and found.min() < 0:
+            for e in entities:
+                slot.setdefault(e, len(slot))
+            grow = len(slot) - self.known.size
+            self.start = np.concatenate([self.start, np.zeros(grow, np.int64)])
+            self.end = np.concatenate([self.end, np.zeros(grow, np.int64)])
+            self.value = np.concatenate([self.value, np.zeros(grow, np.float64)])
+            self.null = np.concatenate([self.null, np.zeros(grow, bool)])
+            self.known = np.concatenate([self.known, np.zeros(grow, bool)])
+            found = np.fromiter((slot[e] for e in entities), np.int64, len(entities))
+        return found
+
+    def keep(self, slots, start, end, value, null) -> None:
+        """Store the last window of each of ``slots`` (distinct)."""
+        self.start[slots], self.end[slots] = start, end
+        self.value[slots], self.null[slots] = value, null
+        self.known[slots] = True
 
 
 def _silent_row(at: datetime, value: float) -> dict:

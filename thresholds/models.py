@@ -66,7 +66,6 @@ import polars as pl
 from river import anomaly, drift, preprocessing, stats
 from scipy.special import erf
 
-from indicators.aggregate import ENGINE
 from indicators.definitions import (
     AdwinModel,
     Catalog,
@@ -132,26 +131,38 @@ class EwmScores:
 
         Returns the scores, NaN where a series is still in its warm-up.
         """
+        return self._update(self._rows(entities), np.asarray(values, np.float64))
+
+    def _update(self, i: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """:meth:`update` of the series at rows ``i`` (distinct) of the arrays."""
         m = self.model
-        i = self._rows(entities)
-        x = np.asarray(values, np.float64)
         n, mean, var = self._n[i], self._mean[i], self._var[i]
         std = np.sqrt(np.maximum(var, m.min_std * m.min_std))
         d = x - mean
         with np.errstate(divide="ignore", invalid="ignore"):
-            z = np.where(std > 0, d / np.where(std > 0, std, 1.0), np.sign(d) * np.inf)
-        z = np.nan_to_num(z, nan=0.0)
+            if (std > 0).all():  # the common case, without its wheres
+                z = d / std
+            else:
+                z = np.where(std > 0, d / np.where(std > 0, std, 1.0), np.sign(d) * np.inf)
+        if not np.isfinite(z).all():
+            z = np.nan_to_num(z, nan=0.0)
         score = z_score(z, m.direction)
         scored = n >= m.grace
         learn = ~scored | (score < m.freeze_above) | (m.freeze_above >= 1.0)
-        first = n == 0
         a = m.alpha
-        new_mean = np.where(first, x, mean + a * d)
-        new_var = np.where(first, 0.0, (1.0 - a) * (var + a * d * d))
-        self._mean[i] = np.where(learn, new_mean, mean)
-        self._var[i] = np.where(learn, new_var, var)
-        self._n[i] = n + learn
-        return np.where(scored, score, np.nan)
+        new_mean = mean + a * d
+        new_var = (1.0 - a) * (var + a * d * d)
+        first = n == 0
+        if first.any():
+            new_mean = np.where(first, x, new_mean)
+            new_var = np.where(first, 0.0, new_var)
+        if learn.all():
+            self._mean[i], self._var[i], self._n[i] = new_mean, new_var, n + 1
+        else:
+            self._mean[i] = np.where(learn, new_mean, mean)
+            self._var[i] = np.where(learn, new_var, var)
+            self._n[i] = n + learn
+        return score if scored.all() else np.where(scored, score, np.nan)
 
 
 def _excess(x: float, edge: float, middle: float, floor: float) -> float:
@@ -284,65 +295,79 @@ class Scorer:
     def score(self, values: pl.DataFrame) -> pl.DataFrame:
         """The score rows of every model whose source indicator is in ``values``.
 
-        One query picks the values any model reads, each series' windows in
-        window order (its k-th window of the batch in round k); each model then
-        learns round by round, so a series learns its windows in order.
+        The values any model reads are picked on NumPy arrays, each series'
+        windows in window order (its k-th window of the batch in round k);
+        each model then learns round by round, so a series learns its windows
+        in order. The score rows are the picked rows, gathered once.
         """
-        wanted = pl.Series(self._read, dtype=pl.String).implode()
-        mine = (
-            values.lazy()
-            .filter(
-                pl.col("indicator_id").is_in(wanted)
-                & pl.col("value").is_not_null()
-                & pl.col("value").is_not_nan()
-            )
-            .sort("indicator_id", "entity_id", "window_start")
-            .with_columns(_round=pl.int_range(pl.len()).over("indicator_id", "entity_id"))
-            .collect(engine=ENGINE)
-        )
-        if not mine.height:
+        if not values.height:
             return values.clear()
-        source = mine["indicator_id"].to_numpy()
-        entities = mine["entity_id"].to_numpy()
-        rounds = mine["_round"].to_numpy()
-        x = mine["value"].to_numpy()
+        runs = values.get_column("indicator_id").rle().struct.unnest()
+        ends = np.cumsum(runs.get_column("len").to_numpy())
+        spans: dict[str, list[np.ndarray]] = {}  # each indicator a model reads: its rows
+        for name, start, end in zip(
+            runs.get_column("value").to_list(),
+            (ends - runs.get_column("len").to_numpy()).tolist(),
+            ends.tolist(),
+            strict=True,
+        ):
+            if name in self._read:
+                spans.setdefault(name, []).append(np.arange(start, end))
+        if not spans:
+            return values.clear()
+        batch = _Batch(values, spans)
         picked, ids, scores = [], [], []
         for state in self._models.values():
             m = state.model
-            features = getattr(m, "features", None)
-            at = np.flatnonzero(source == m.indicator)
+            if m.indicator not in spans:
+                continue
+            at, names, codes, rounds = batch.series(m.indicator)
             if not len(at):
                 continue
-            if features:
-                at, got = self._with_features(state, mine)
+            if getattr(m, "features", None):
+                at, got = self._with_features(state, batch.mine())
             else:
-                got = np.full(len(at), np.nan)
-                for r in range(int(rounds[at].max()) + 1):
-                    k = np.flatnonzero(rounds[at] == r)
-                    got[k] = state.update(entities[at[k]].tolist(), x[at[k]])
+                got = self._learn(state, names, codes, rounds, batch.value[at])
             keep = ~np.isnan(got)
             picked.append(at[keep])
-            ids.append(np.full(int(keep.sum()), m.id, dtype=object))
+            ids += [m.id] * int(keep.sum())
             scores.append(got[keep])
         if not picked:
             return values.clear()
-        rows = np.concatenate(picked)
-        return (
-            mine.lazy()
-            .select(pl.all().gather(pl.Series(rows, dtype=pl.Int64)))
-            .with_columns(
-                indicator_id=pl.Series(np.concatenate(ids), dtype=pl.String),
-                value=pl.Series(np.concatenate(scores), dtype=pl.Float64),
-                unit=pl.lit("score"),
-            )
-            .select(values.columns)
-            .collect(engine=ENGINE)
-        )
+        rows = values[np.concatenate(picked)]
+        made = {
+            "indicator_id": pl.Series("indicator_id", ids, dtype=pl.String),
+            "value": pl.Series("value", np.concatenate(scores), dtype=pl.Float64),
+            "unit": pl.Series("unit", ["score"], dtype=pl.String).new_from_index(0, len(ids)),
+        }
+        return pl.DataFrame([made.get(c, rows.get_column(c)) for c in values.columns])
+
+    @staticmethod
+    def _learn(
+        state: EwmScores | RiverScores, names: list, codes: np.ndarray, rounds: np.ndarray, x
+    ) -> np.ndarray:
+        """Score then learn the values ``x`` of entities ``names[codes]``, round by round.
+
+        NaN where a value is not scored. New series come in the order of ``names``.
+        """
+        got = np.full(len(x), np.nan)
+        if isinstance(state, EwmScores):
+            slots = state._rows(names)[codes]
+        else:
+            entities = np.array(names, dtype=object)[codes]
+        last = int(rounds.max())
+        for r in range(last + 1):
+            k = np.flatnonzero(rounds == r) if last else slice(None)
+            if isinstance(state, EwmScores):
+                got[k] = state._update(slots[k], x[k])
+            else:
+                got[k] = state.update(entities[k].tolist(), x[k])
+        return got
 
     def _with_features(
         self, state: RiverScores, mine: pl.DataFrame
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Rows of ``mine`` a several-feature model scores, and their scores (NaN: none).
+        """Rows of the batch a several-feature model scores, and their scores (NaN: none).
 
         A window is scored only when every feature has a value for it.
         """
@@ -362,4 +387,59 @@ class Scorer:
             k = np.flatnonzero(rounds == r)
             inputs = [dict(zip(cols, table[i], strict=True)) for i in k]
             got[k] = state.update([entities[i] for i in k], inputs)
-        return rows["_at"].to_numpy().astype(np.int64), got
+        return rows["_i"].to_numpy().astype(np.int64), got
+
+
+class _Batch:
+    """The values of one batch that models read, as NumPy arrays (times in µs)."""
+
+    def __init__(self, values: pl.DataFrame, spans: dict[str, list[np.ndarray]]) -> None:
+        self.values = values
+        self.spans = spans  # indicator -> its rows
+        self.value = values.get_column("value").to_numpy().astype(np.float64, copy=False)
+        self.start = values.get_column("window_start").to_numpy()
+        self._series: dict[str, tuple[np.ndarray, list, np.ndarray, np.ndarray]] = {}
+
+    def series(self, indicator: str) -> tuple[np.ndarray, list, np.ndarray, np.ndarray]:
+        """The rows of ``indicator`` with a value (neither null nor NaN) by entity, then
+        window start; its entities (sorted), the entity of each row (their position)
+        and the round of each row (its rank among its series' rows).
+        """
+        found = self._series.get(indicator)
+        if found is not None:
+            return found
+        spans = self.spans[indicator]
+        rows = spans[0] if len(spans) == 1 else np.concatenate(spans)
+        rows = rows[~np.isnan(self.value[rows])]
+        entities = self._strings("entity_id", rows)
+        names = sorted(set(entities), key=_nulls_first)
+        rank = {e: i for i, e in enumerate(names)}
+        codes = np.fromiter((rank[e] for e in entities), np.int64, len(entities))
+        order = np.lexsort((self.start[rows], codes))
+        codes = codes[order]
+        head = np.ones(len(order), bool)
+        head[1:] = codes[1:] != codes[:-1]
+        place = np.arange(len(order))
+        rounds = place - np.maximum.accumulate(np.where(head, place, 0))
+        found = rows[order], names, codes, rounds
+        self._series[indicator] = found
+        return found
+
+    def mine(self) -> pl.DataFrame:
+        """Every row :meth:`series` picks, with its ``_round`` and its row ``_i``."""
+        picked = [self.series(indicator) for indicator in self.spans]
+        rows = np.concatenate([rows for rows, *_ in picked])
+        rounds = np.concatenate([rounds for *_, rounds in picked])
+        return self.values[rows].hstack(
+            [pl.Series("_round", rounds, dtype=pl.Int64), pl.Series("_i", rows, dtype=pl.Int64)]
+        )
+
+    def _strings(self, name: str, rows: np.ndarray) -> list:
+        col = self.values.get_column(name)
+        if len(rows) and int(rows[-1]) - int(rows[0]) + 1 == len(rows):  # a slice
+            return col.slice(int(rows[0]), len(rows)).to_list()
+        return col.gather(rows).to_list()
+
+
+def _nulls_first(entity: str | None) -> tuple[bool, str]:
+    return entity is not None, entity or ""
