@@ -16,6 +16,8 @@ shapes them into indicator values.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import polars as pl
 
@@ -112,53 +114,25 @@ class OnlineRate(Population):
             heard = (
                 pl.concat([p.lazy() for p in self._parts], how="vertical_relaxed")
                 .filter((ws >= start) & (ws < stop))
-                .select(
-                    "entity_id",
-                    "device",
-                    ((ws - start) // w).alias("j"),
-                    pl.col("t").alias("last"),
-                    _allowance(self.devices),
-                )
+                .select(*_HEARD, ((ws - start) // w).alias("j"), _allowance(self.devices))
             )
             rows = pl.concat([rows, heard])
-        # Each device's rows in the order they came (its number: g), and its entity's rank.
-        x = (
-            rows.group_by("entity_id", "device")
-            .agg("j", "last", "allow")
-            .with_columns(pl.col("entity_id").rank("dense").alias("code"))
-            .with_row_index("g")
-            .explode("j", "last", "allow")
-            .collect(engine=ENGINE)
-        )
+        s = _stretches(rows, count)
         self._parts = [p for p in self._parts if p.get_column("window_start").max() >= stop]
-        if not x.height:
+        if s is None:
             return None
-        g, j, last, allow, code = (x.get_column(c).to_numpy() for c in _STRETCH)
-        # One stretch per device and window it was heard in (or -1): its latest
-        # heartbeat and, as when the windows closed one by one, its latest row's
-        # allowance. A stretch lasts until the device's next one (``until``).
-        order = np.argsort(g.astype(np.int64) * (count + 1) + (j + 1), kind="stable")
-        g, j = g[order], j[order]
-        first = np.flatnonzero(np.r_[True, (g[1:] != g[:-1]) | (j[1:] != j[:-1])])
-        last = np.maximum.reduceat(last[order], first)
-        allow = allow[order][np.r_[first[1:], len(g)] - 1]
-        row, g, j = order[first], g[first], j[first]  # row: a row of x of the stretch
-        until = np.where(np.r_[g[1:] == g[:-1], False], np.r_[j[1:], count], count)
-        j = np.maximum(j, 0)
         # Known at the end of window i while last + forget_after >= start + (i + 1) * w,
         # i.e. for i < (last + forget_after - start) // w; online likewise with the
         # allowance, and only while known (the rate is over the known devices).
-        known_until = np.minimum(until, (last + self.devices.forget_after_us - start) // w)
-        online_until = np.minimum(known_until, (last + allow - start) // w)
+        known_until = np.minimum(s.until, (s.last + self.devices.forget_after_us - start) // w)
+        online_until = np.minimum(known_until, (s.last + s.allow - start) // w)
         kept = np.flatnonzero(known_until >= count)  # still known at the last window's end
-        names = pl.DataFrame([x.get_column("entity_id"), x.get_column("device")])
-        self._known = names[row[kept]].hstack(
-            [pl.Series("last", last[kept]), pl.Series("allow", allow[kept])]
+        self._known = s.names[s.row[kept]].hstack(
+            [pl.Series("last", s.last[kept]), pl.Series("allow", s.allow[kept])]
         )
-        code = code[row].astype(np.int64) - 1  # entities numbered in their sorted order
-        entities = int(code.max()) + 1
+        entities = int(s.entity.max()) + 1
         named = np.zeros(entities, dtype=np.int64)
-        named[code] = row  # a row of x of each entity
+        named[s.entity] = s.row  # a row of names of each entity
         # Nothing is known after the last stretch ends (a long silence: forgotten).
         windows = min(count, int(known_until.max()))
         # In blocks of windows, so that a close catching up on a long stretch of
@@ -167,12 +141,12 @@ class OnlineRate(Population):
         out = []
         for skip in range(0, windows, span):
             n = min(span, windows - skip)
-            known = _coverage(code, j - skip, known_until - skip, entities, n)
-            online = _coverage(code, j - skip, online_until - skip, entities, n)
+            known = _coverage(s.entity, s.first - skip, known_until - skip, entities, n)
+            online = _coverage(s.entity, s.first - skip, online_until - skip, entities, n)
             window, entity = np.nonzero(known.T)  # by window, then by entity
             samples = known[entity, window]
             out.append(
-                names[named[entity], :1].hstack(
+                s.names[named[entity], :1].hstack(
                     [
                         pl.Series("window_start", start + (skip + window.astype(np.int64)) * w),
                         pl.Series("value", online[entity, window] / samples),
@@ -183,17 +157,67 @@ class OnlineRate(Population):
         return pl.concat(out) if len(out) > 1 else (out[0] if out else None)
 
 
+class _Stretches(NamedTuple):
+    """The stretches of the devices of a close, in device order (NumPy arrays)."""
+
+    names: pl.DataFrame  # entity_id and device of the rows ``row`` points at
+    row: np.ndarray  # a row of names of each stretch's device
+    entity: np.ndarray  # its entity's number: entities numbered in their sorted order
+    first: np.ndarray  # the window it starts in (0 for the devices known before)
+    until: np.ndarray  # the window the device's next stretch starts in, or the count
+    last: np.ndarray  # its latest heartbeat
+    allow: np.ndarray  # its allowance
+
+
+def _stretches(rows: pl.LazyFrame, count: int) -> _Stretches | None:
+    """The stretches of every device with ``rows`` (``j``: the window it was heard in,
+    -1 for the devices known before), or None without any.
+
+    A device has one per window it was heard in: its latest heartbeat there and,
+    as when the windows closed one by one, its latest row's allowance (rows in
+    the order they came). A window's heartbeats are all later than those before
+    it, so the latest of the window is the device's latest.
+    """
+    x = (
+        rows.group_by("entity_id", "device")
+        .agg("j", "last", "allow")
+        .with_columns((pl.col("entity_id").rank("dense") - 1).alias("entity"))
+        .with_row_index("g")  # numbers the devices
+        .explode("j", "last", "allow")
+        .collect(engine=ENGINE)
+    )
+    if not x.height:
+        return None
+    g, j, last, allow, entity = (x.get_column(c).to_numpy() for c in _STRETCH)
+    order = np.argsort(g.astype(np.int64) * (count + 1) + (j + 1), kind="stable")
+    g, j = g[order], j[order]
+    first = np.flatnonzero(np.r_[True, (g[1:] != g[:-1]) | (j[1:] != j[:-1])])
+    last = np.maximum.reduceat(last[order], first)
+    allow = allow[order][np.r_[first[1:], len(g)] - 1]
+    row, g, j = order[first], g[first], j[first]
+    until = np.where(np.r_[g[1:] == g[:-1], False], np.r_[j[1:], count], count)
+    return _Stretches(
+        names=x[:, 1:3],  # entity_id, device
+        row=row,
+        entity=entity[row].astype(np.int64),
+        first=np.maximum(j, 0),
+        until=until,
+        last=last,
+        allow=allow,
+    )
+
+
 def _coverage(
-    code: np.ndarray, first: np.ndarray, until: np.ndarray, entities: int, windows: int
+    entity: np.ndarray, first: np.ndarray, until: np.ndarray, entities: int, windows: int
 ) -> np.ndarray:
-    """How many stretches of each entity (``code``) cover each window: an
-    ``entities`` x ``windows`` array; a stretch covers windows ``[first, until)``."""
+    """How many stretches of each entity cover each window: an ``entities`` x
+    ``windows`` array; a stretch (of ``entity``) covers windows ``[first, until)``."""
     first = np.minimum(np.maximum(first, 0), windows)
     stop = np.minimum(np.maximum(until, first), windows)  # an empty one adds and takes at one cell
     width = windows + 1
     cells = entities * width
-    starts = np.bincount(code * width + first, minlength=cells)
-    ends = np.bincount(code * width + stop, minlength=cells)
+    starts = np.bincount(entity * width + first, minlength=cells)
+    ends = np.bincount(entity * width + stop, minlength=cells)
     return np.cumsum((starts - ends).reshape(entities, width)[:, :windows], axis=1)
 
 
@@ -206,10 +230,13 @@ def _allowance(devices: Devices) -> pl.Expr:
     return expr
 
 
+#: The allowance expressions made so far (one per catalogue's devices, in practice).
 _ALLOWANCE: dict[tuple[tuple[str, int], ...], pl.Expr] = {}
 
-#: The columns of the rows (one per device and batch) an online rate reads.
-_STRETCH = ("g", "j", "last", "allow", "code")
+#: What an online rate reads of a part's rows (one per device, window and batch).
+_HEARD = [pl.col("entity_id"), pl.col("device"), pl.col("t").alias("last")]
+#: The columns of a device's rows its stretches are made of.
+_STRETCH = ("g", "j", "last", "allow", "entity")
 
 #: At most this many (entity, window) counts at a time when closing many windows.
 _CELLS = 1 << 20
@@ -222,7 +249,7 @@ _KNOWN = pl.Schema(
 _KNOWN_ROWS = [
     pl.col("entity_id"),
     pl.col("device"),
-    pl.lit(-1, dtype=pl.Int64).alias("j"),
     pl.col("last"),
+    pl.lit(-1, dtype=pl.Int64).alias("j"),
     pl.col("allow"),
 ]
