@@ -75,8 +75,9 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from indicators.aggregate import ENGINE
 from indicators.definitions import IndicatorDef, WorkOrders
-from indicators.population import Population
+from indicators.population import RAW_SCHEMA, Population
 from schemas.families import WORKORDER_STATUSES
 
 __all__ = ["OrderLifecycle", "in_life_order"]
@@ -91,6 +92,20 @@ def in_life_order(changes: pl.DataFrame) -> pl.DataFrame:
     rank = pl.col("status").replace_strict(_RANK, return_dtype=pl.Int8)
     return changes.sort(pl.col("t"), rank, maintain_order=True)
 
+
+#: What a lifecycle state keeps of each change of an open window, as a tuple.
+_CHANGE = ("entity_id", "window_start", "order_id", "status", "event_class", "t")
+_WINDOW, _STATUS, _T = (_CHANGE.index(c) for c in ("window_start", "status", "t"))
+
+
+def _life_order(change: tuple) -> tuple[int, int]:
+    """The sort key of :func:`in_life_order`, for a change kept as a tuple."""
+    return change[_T], _RANK[change[_STATUS]]
+
+
+#: Counted at every window end for every known entity (the others are summaries).
+_COUNTS = ("overdue", "open_orders")
+_MEASURED = pl.Schema({"entity_id": pl.String, "window_start": pl.Int64, "x": pl.Float64})
 
 _SUMMARY = {
     "dispatch_delay_p50": pl.col("x").quantile(0.5, "linear"),
@@ -114,13 +129,20 @@ class _Order:
 
 
 class OrderLifecycle(Population):
-    """Open orders joined by order id, read as one lifecycle measure per window."""
+    """Open orders joined by order id, read as one lifecycle measure per window.
+
+    The changes of open windows are kept as rows (tuples); a close sorts those
+    of the windows it ends once, applies them in order and reads the measure
+    at each window end as it passes it. A close costs at most one query (the
+    summaries of what it measured), however many windows it ends.
+    """
 
     def __init__(self, d: IndicatorDef, workorders: WorkOrders) -> None:
         super().__init__(d)
         self.workorders = workorders
         self._deadline_us = workorders.deadline_us
         self._expire_us = workorders.expire_after_us
+        self._changes: list[tuple] = []  # of open windows: _CHANGE columns, in arrival order
         self._orders: dict[str, _Order] = {}  # open orders by id
         self._entities: set[str] = set()
         self._next_expiry: int | None = None  # no open order expires before this
@@ -130,22 +152,52 @@ class OrderLifecycle(Population):
         """How many orders the state holds now."""
         return len(self._orders)
 
-    def _close_window(self, start: int, rows: pl.DataFrame | None) -> Iterable[tuple]:
+    def _keep(self, part: pl.DataFrame) -> None:
+        if part.columns != list(_CHANGE):  # partials come in this order: no query then
+            part = part.select(_CHANGE)
+        self._changes.extend(part.rows())
+
+    def _close_windows(self, start: int, count: int) -> pl.DataFrame | None:
+        w = self.d.window_us
+        stop = start + count * w
+        due: list[tuple] = []
+        kept: list[tuple] = []
+        for change in self._changes:
+            (due if change[_WINDOW] < stop else kept).append(change)
+        self._changes = kept
+        # By event time, those at one instant in life-cycle order; the sort is stable,
+        # so ties keep their order of arrival (as in_life_order keeps it).
+        due.sort(key=_life_order)
+        counts: list[tuple] | None = [] if self.d.aggregation in _COUNTS else None
+        measured: list[tuple[str, int, float]] = []
         touched: dict[str, set[str]] = {}  # entity -> orders with a change in the window
-        measured: list[tuple[str, float]] = []
-        if rows is not None and rows.height:
-            ordered = in_life_order(rows)
-            cols = ("entity_id", "order_id", "status", "event_class", "t")
-            for entity, order_id, status, cls, t in ordered.select(cols).iter_rows():
-                self._entities.add(entity)
-                touched.setdefault(entity, set()).add(order_id)
-                x = self._apply(entity, order_id, status, cls, t)
-                if x is not None:
-                    measured.append((entity, x))
+        window = start
+        for entity, ws, order_id, status, cls, t in due:
+            while ws > window:  # the changes of the windows before are all applied
+                self._end_window(window, touched, counts)
+                window += w
+                touched = {}
+            self._entities.add(entity)
+            touched.setdefault(entity, set()).add(order_id)
+            x = self._apply(entity, order_id, status, cls, t)
+            if x is not None:
+                measured.append((entity, ws, x))
+        while window < stop:
+            self._end_window(window, touched, counts)
+            window += w
+            touched = {}
+        if counts is None:
+            return self._summary(measured)
+        return pl.DataFrame(counts, schema=RAW_SCHEMA, orient="row") if counts else None
+
+    def _end_window(
+        self, start: int, touched: dict[str, set[str]], counts: list[tuple] | None
+    ) -> None:
+        """End the window at ``start``: let go of what it outlived and, for the
+        counts, add its rows (``entity_id``, ``start``, value, samples) to ``counts``."""
         self._expire(start + self.d.window_us)
-        if self.d.aggregation in ("overdue", "open_orders"):
-            return self._counts(start, touched)
-        return self._summary(start, measured)
+        if counts is not None:
+            counts.extend(self._counts(start, touched))
 
     def _apply(self, entity: str, order_id: str, status: str, cls: str, t: int) -> float | None:
         """Apply one status change; return what it measures for this indicator, if anything."""
@@ -208,15 +260,17 @@ class OrderLifecycle(Population):
         for entity in sorted(count):
             yield entity, start, float(count[entity]), len(seen.get(entity, ()))
 
-    def _summary(self, start: int, measured: list[tuple[str, float]]) -> Iterable[tuple]:
+    def _summary(self, measured: list[tuple[str, int, float]]) -> pl.DataFrame | None:
+        """The measure of each window and entity from its measured orders (one query)."""
         if not measured:
-            return []
-        frame = pl.DataFrame(
-            measured, schema={"entity_id": pl.String, "x": pl.Float64}, orient="row"
-        )
-        out = (
-            frame.group_by("entity_id")
+            return None
+        frame = pl.DataFrame(measured, schema=_MEASURED, orient="row")
+        return (
+            frame.lazy()
+            .group_by("window_start", "entity_id")
             .agg(_SUMMARY[self.d.aggregation].alias("value"), pl.len().alias("samples"))
-            .sort("entity_id")
+            .sort("window_start", "entity_id")
+            .select(RAW_SCHEMA.names())
+            .cast(dict(RAW_SCHEMA))
+            .collect(engine=ENGINE)
         )
-        return [(e, start, v, n) for e, v, n in out.iter_rows()]
