@@ -103,6 +103,7 @@ for _schema in INPUT_FAMILIES.values():
     for _name, _dtype in polars_schema(_schema).items():
         _WIRE.setdefault(_name, pl.String if isinstance(_dtype, pl.Datetime) else _dtype)
 
+_TS_MS_FORMAT = "%Y-%m-%dT%H:%M:%S.%3fZ"  # the usual form: Polars parses it much faster
 _TS_FORMAT = "%Y-%m-%dT%H:%M:%S%.fZ"
 _TS_OFFSET_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%z"
 _DEAD_POLARS = polars_schema(DEAD_LETTERS)
@@ -122,7 +123,13 @@ _NUMBERS = ("value", "capacity", "lift_ms", "battery_pct")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 
-#: The fast parse of event times (the usual form, ``...Z``); no cache: nearly all are unique.
+#: Event times are parsed in up to three passes, each only if the ones before left a
+#: time unread: milliseconds and a ``Z`` (the usual form, read by Polars' fast parser),
+#: any fraction and a ``Z``, then the other RFC 3339 forms. A time the first pass reads,
+#: the second reads alike. No cache: event times are nearly all unique.
+_MS_TS = pl.col("ts").str.to_datetime(
+    _TS_MS_FORMAT, strict=False, time_zone="UTC", time_unit="us", cache=False
+)
 _FAST_TS = pl.col("ts").str.to_datetime(
     _TS_FORMAT, strict=False, time_zone="UTC", time_unit="us", cache=False
 )
@@ -225,7 +232,7 @@ class Decoder:
             df, err = None, str(exc)
         if df is not None and df.height == len(lines):
             return [
-                df.with_columns(pl.int_range(base, base + len(lines)).alias("_row"), _ts=_FAST_TS)
+                df.with_columns(pl.int_range(base, base + len(lines)).alias("_row"), _ts=_MS_TS)
             ]
         if len(lines) == 1:
             bad.append((base, *_classify(lines[0], err)))
@@ -314,36 +321,30 @@ class Decoder:
         ]
         return cases
 
-    def _clean(self, rules: _Rules, rows: pl.DataFrame, now_us: int) -> bool:
-        """Whether no row of one family's ``rows`` can be invalid, from column statistics.
+    def _clean(self, rules: _Rules, frame: pl.DataFrame, now_us: int) -> bool:
+        """Whether no row of one family's ``frame`` can be invalid, from column statistics.
 
-        Each case of the family's verdict has its check here: a case that holds for a
-        row makes its check fail (a check may also fail where no case holds).
+        Each case of the family's verdict has its check here, or in :func:`_finite`: a
+        case that holds for a row makes its check fail (a check may also fail where no
+        case holds). The frame's ``ts`` is the parsed time: it is null where the wire's
+        is missing or unreadable.
         """
         for name in rules.required:
-            if rows[name].null_count():
+            if frame[name].null_count():
                 return False
-        ts = rows["_ts"]
-        if ts.null_count() != rows["ts"].null_count():  # a 'ts' the parsers both refused
-            return False
-        t = ts.to_physical()
+        t = frame["ts"].to_physical()
         if t.max() > now_us + self._future_us or t.min() < now_us - self._age_us:
             return False
         codes: dict[str, pl.Series] = {}
         for name, enum in rules.enums:
-            values = rows[name]
+            values = frame[name]
             codes[name] = values.cast(enum, strict=False)  # null where not one of the list
             if codes[name].null_count() != values.null_count():
                 return False
         if rules.metric:  # both required, so neither has nulls here
             metric = codes["metric"].to_physical().to_numpy()
             device = codes["device_type"].to_physical().to_numpy()
-            if (_DEVICE_OF_METRIC[metric] != device).any():
-                return False
-        for name in _NUMBERS:
-            values = rows[name]
-            if values.null_count() < len(values) and not values.is_finite().all():
-                return False
+            return not (_DEVICE_OF_METRIC[metric] != device).any()
         return True
 
     def _judge(
@@ -358,6 +359,35 @@ class Decoder:
         valid = judged.filter(pl.col("_reason").is_null()).drop("_now", "_reason")
         return valid, rejected
 
+    def _split(
+        self, df: pl.DataFrame, offset: pl.Expr, now_us: int
+    ) -> tuple[list[tuple[str, pl.DataFrame]], list[pl.DataFrame]]:
+        """The parsed rows' valid ones, as each family's frame (with ``_row``), and
+        the others' dead-letter rows."""
+        picks = [
+            df.lazy().filter(pl.col("family") == name).select([*_COLUMNS[name], offset, "_row"])
+            for name in INPUT_FAMILIES
+        ]
+        picked = pl.collect_all(picks, engine="in-memory")
+        rejected = []
+        if sum(frame.height for frame in picked) < df.height:  # no family, or an unknown one
+            known = pl.col("family").is_in(list(INPUT_FAMILIES)).fill_null(False)
+            _, dead = self._judge(df.filter(~known), self._reason, self._detail, now_us)
+            rejected.append(dead)
+        finite = _finite(df)
+        kept = []
+        for (name, rules), frame in zip(self._rules.items(), picked, strict=True):
+            if not frame.height:
+                continue
+            if not (finite and self._clean(rules, frame, now_us)):
+                rows = df.filter(pl.col("family") == name)
+                rows, dead = self._judge(rows, rules.reason, rules.detail, now_us)
+                rejected.append(dead)
+                frame = rows.select([*_COLUMNS[name], offset, "_row"])
+            if frame.height:
+                kept.append((name, frame))
+        return kept, rejected
+
     def decode(self, batch: RawBatch) -> Decoded:
         """Decode and validate one batch; every line ends valid or dead."""
         bad: list[tuple[int, str, str]] = []
@@ -368,22 +398,13 @@ class Decoder:
         max_ts = None
         if parts:
             df = pl.concat(parts) if len(parts) > 1 else parts[0]
-            if df["_ts"].null_count() > df["ts"].null_count():
-                df = df.with_columns(_ts=pl.coalesce(pl.col("_ts"), _SLOW_TS))
-            now_us = _epoch_us(self.now())
-            kept: list[tuple[str, pl.DataFrame]] = []
-            for key, rows in df.partition_by("family", as_dict=True).items():
-                family = key[0] if isinstance(key, tuple) else key
-                rules = self._rules.get(family)
-                if rules is None:  # no family, or an unknown one: every row is dead
-                    rows, rejected = self._judge(rows, self._reason, self._detail, now_us)
-                    dead_rows.append(rejected)
-                elif not self._clean(rules, rows, now_us):
-                    rows, rejected = self._judge(rows, rules.reason, rules.detail, now_us)
-                    dead_rows.append(rejected)
-                if rows.height:
-                    kept.append((family, rows))
-            found = _confirm_nested(kept, batch.lines, buf)
+            for later in (_FAST_TS, _SLOW_TS):
+                if df["_ts"].null_count() == df["ts"].null_count():
+                    break
+                df = df.with_columns(_ts=pl.coalesce(pl.col("_ts"), later))
+            kept, rejected = self._split(df, _offset_expr(batch), _epoch_us(self.now()))
+            dead_rows += rejected
+            found = _confirm_nested(df, kept, batch.lines, buf)
             if found:
                 dead_rows.append(
                     pl.DataFrame(
@@ -393,14 +414,14 @@ class Decoder:
                     )
                 )
                 gone = pl.col("_row").is_in(pl.Series(list(found), dtype=pl.Int64).implode())
-                kept = [(family, rows.filter(~gone)) for family, rows in kept]
-                kept = [(family, rows) for family, rows in kept if rows.height]
+                kept = [(family, frame.filter(~gone)) for family, frame in kept]
+                kept = [(family, frame) for family, frame in kept if frame.height]
             if kept:
-                max_ts = max(rows["_ts"].max() for _, rows in kept)
-            offset = _offset_expr(batch)
+                max_ts = max(frame["ts"].max() for _, frame in kept)
             kept.sort(key=lambda item: item[1]["_row"][0])  # in order of their first valid row
-            for family, rows in kept:
-                frames[family] = rows.select([*_COLUMNS[family], offset])
+            for family, frame in kept:
+                frame.drop_in_place("_row")
+                frames[family] = frame
         dead_rows = [d for d in dead_rows if d.height]
         rows = pl.concat(dead_rows).sort("_row") if dead_rows else pl.DataFrame(schema=_DEAD_ROWS)
         dead = dead_letters(batch, rows, self.now())
@@ -453,6 +474,16 @@ _COLUMNS = {
 def _epoch_us(t: datetime) -> int:
     """Microseconds since the epoch of ``t`` (naive: UTC)."""
     return ((t if t.tzinfo is not None else t.replace(tzinfo=UTC)) - _EPOCH) // _US
+
+
+def _finite(df: pl.DataFrame) -> bool:
+    """Whether every number of the parsed rows is finite (or null), whatever the row's
+    family (a ``non_finite_value`` check of :meth:`Decoder._clean`)."""
+    for name in _NUMBERS:
+        values = df[name]
+        if values.null_count() < len(values) and not values.is_finite().all():
+            return False
+    return True
 
 
 def _count(buf: bytes, byte: bytes) -> int:
@@ -509,25 +540,28 @@ _SUSPECT = pl.any_horizontal(
 
 
 def _confirm_nested(
-    kept: list[tuple[str, pl.DataFrame]], lines: Sequence[bytes], blob: bytes
+    df: pl.DataFrame, kept: list[tuple[str, pl.DataFrame]], lines: Sequence[bytes], blob: bytes
 ) -> dict[int, str]:
     """Valid rows where the parser turned a JSON object or array into a string:
     the problem of each, by ``_row``.
 
-    Only rows (of ``kept``, each family's valid rows) with a string field starting
-    with ``[`` or ``{`` (rare) are looked at, by re-reading their original line.
-    Every valid row's line opens with a ``{``, so a batch with no ``[`` and no
-    more ``{`` than valid rows cannot have one, and is not looked at (``blob``:
-    the lines, joined).
+    Only valid rows (those of ``kept``, each family's) with a string field (of any
+    family: ``df`` holds them all) starting with ``[`` or ``{`` (rare) are looked at,
+    by re-reading their original line. Every valid row's line opens with a ``{``, so
+    a batch with no ``[`` and no more ``{`` than valid rows cannot have one, and is not
+    looked at (``blob``: the lines, joined).
     """
-    if b"[" not in blob and _count(blob, b"{") <= sum(rows.height for _, rows in kept):
+    if b"[" not in blob and _count(blob, b"{") <= sum(frame.height for _, frame in kept):
         return {}
+    valid = (
+        pl.concat([frame["_row"] for _, frame in kept]) if kept else pl.Series([], dtype=pl.Int64)
+    )
+    rows = df.filter(_SUSPECT & pl.col("_row").is_in(valid.implode()))["_row"].to_list()
     found = {}
-    for _, rows in kept:
-        for i in rows.filter(_SUSPECT)["_row"].to_list():
-            problem = _mistyped(orjson.loads(_one_line(lines[i])))
-            if problem:
-                found[i] = problem
+    for i in rows:
+        problem = _mistyped(orjson.loads(_one_line(lines[i])))
+        if problem:
+            found[i] = problem
     return found
 
 
