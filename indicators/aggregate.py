@@ -196,7 +196,7 @@ def _joinable(d: IndicatorDef) -> bool:
     return kind(d) in ("columns", "p95") and d.aggregation != "count" and len(d.where) == 1
 
 
-def _by_join(defs: list[IndicatorDef]) -> Recipe:
+def _by_join(defs: list[IndicatorDef], ids: pl.Enum) -> Recipe:
     """The rows of several indicators that pick rows by the same column and read the
     same field, stacked by one join with a table of their choices.
 
@@ -216,7 +216,7 @@ def _by_join(defs: list[IndicatorDef]) -> Recipe:
             "_by": [bys.index(tuple(d.entity.by)) for d in defs],
             "_div": [divs.index(d.divide_by) for d in defs],
         },
-        schema_overrides={"_w": pl.Int64, "_by": pl.Int32, "_div": pl.Int32},
+        schema_overrides={"indicator_id": ids, "_w": pl.Int64, "_by": pl.Int32, "_div": pl.Int32},
     ).lazy()
     entity = _choice("_by", [_entity_of(by) for by in bys])
     raw = pl.col(field).cast(pl.Float64)
@@ -245,12 +245,12 @@ def _by_join(defs: list[IndicatorDef]) -> Recipe:
 _TAGGED = [pl.col("indicator_id"), pl.col("entity_id"), pl.col("window_start")]
 
 
-def _stacked(d: IndicatorDef) -> Recipe:
+def _stacked(d: IndicatorDef, ids: pl.Enum) -> Recipe:
     """``d``'s rows, tagged with its id and window end, to stack with others of its kind."""
     cond, columns = _selection(d)
     values = ("num", "den") if kind(d) == "ratio" else ("v",)
     tagged = [
-        pl.lit(d.id).alias("indicator_id"),
+        pl.lit(d.id, dtype=ids).alias("indicator_id"),
         pl.col("entity_id"),
         pl.col("window_start"),
         (pl.col("window_start") + d.window_us).alias("_end"),
@@ -328,18 +328,19 @@ class Aggregator:
         joined: dict[tuple, list[IndicatorDef]] = {}
         shared: dict[tuple, list[str]] = {}
         first: dict[tuple, IndicatorDef] = {}
+        ids = pl.Enum([d.id for d in catalog.indicators if kind(d) in COLUMN_KINDS])
         for d in catalog.indicators:
             k = kind(d)
             if _joinable(d):
                 joined.setdefault((d.family, *d.where, d.field, k), []).append(d)
             elif k in COLUMN_KINDS:
-                self._stacked.setdefault(d.family, []).append((k, _stacked(d)))
+                self._stacked.setdefault(d.family, []).append((k, _stacked(d, ids)))
             else:  # lifecycle rows are the same for every indicator that picks them alike
                 same = (d.family, *sorted(d.where.items()), *d.entity.by, d.window_us, d.field, k)
                 shared.setdefault(same, []).append(d.id)
                 first.setdefault(same, d)
         for (family, *_, k), defs in joined.items():
-            self._stacked.setdefault(family, []).append((k, _by_join(defs)))
+            self._stacked.setdefault(family, []).append((k, _by_join(defs, ids)))
         for same, ids in shared.items():
             d = first[same]
             self._population.setdefault(d.family, []).append((ids, _population_plan(d)))
@@ -361,7 +362,13 @@ class Aggregator:
             for k, recipe in self._stacked.get(family, ()):
                 stacked[k].append(recipe(lazy))
         kinds = [k for k, rows in stacked.items() if rows]
-        plans += [pl.concat(stacked[k]).group_by(self._keys).agg(self._aggs[k]) for k in kinds]
+        plans += [
+            pl.concat(stacked[k])
+            .group_by(self._keys)
+            .agg(self._aggs[k])
+            .with_columns(pl.col("indicator_id").cast(pl.String))
+            for k in kinds
+        ]
         done = pl.collect_all(plans, engine=ENGINE, optimizations=_OPTIMIZATIONS)
         out = {
             i: part
