@@ -219,9 +219,9 @@ class Decoder:
         base: int,
         bad: list[tuple[int, str, str]],
         buf: bytes | None = None,
-    ):
+    ) -> list[tuple[int, pl.DataFrame]]:
         """Parse ``lines`` (joined by newlines: ``buf``) into frames, bisecting around
-        lines the parser rejects."""
+        lines the parser rejects: each frame with the index of its first line."""
         if not lines:
             return []
         buf = b"\n".join(lines) if buf is None else buf
@@ -235,9 +235,7 @@ class Decoder:
         except (pl.exceptions.PolarsError, ValueError) as exc:
             df, err = None, str(exc)
         if df is not None and df.height == len(lines):
-            return [
-                df.with_columns(pl.int_range(base, base + len(lines)).alias("_row"), _ts=_MS_TS)
-            ]
+            return [(base, df)]
         if len(lines) == 1:
             bad.append((base, *_classify(lines[0], err)))
             return []
@@ -401,11 +399,7 @@ class Decoder:
         frames: dict[str, pl.DataFrame] = {}
         max_ts = None
         if parts:
-            df = pl.concat(parts) if len(parts) > 1 else parts[0]
-            for later in (_FAST_TS, _SLOW_TS):
-                if df["_ts"].null_count() == df["ts"].null_count():
-                    break
-                df = df.with_columns(_ts=pl.coalesce(pl.col("_ts"), later))
+            df = _unread_times(_numbered(parts))
             kept, rejected = self._split(df, _offset_expr(batch), _epoch_us(self.now()))
             dead_rows += rejected
             found = _confirm_nested(df, kept, batch.lines, buf)
@@ -440,6 +434,36 @@ class Decoder:
             lines=batch.lines,
             offsets=batch.offsets,
         )
+
+
+def _numbered(parts: list[tuple[int, pl.DataFrame]]) -> pl.DataFrame:
+    """The parsed frames as one, each row with its line's index (``_row``) and its event
+    time's first parse (``_ts``): one query, however many frames bisection left."""
+    if len(parts) == 1:
+        base, df = parts[0]
+        rows = pl.int_range(base, base + df.height)
+    else:
+        df = pl.concat([frame for _, frame in parts])
+        rows = pl.lit(
+            pl.Series(
+                np.concatenate([np.arange(b, b + f.height) for b, f in parts]), dtype=pl.Int64
+            )
+        )
+    return df.with_columns(rows.alias("_row"), _ts=_MS_TS)
+
+
+def _unread_times(df: pl.DataFrame) -> pl.DataFrame:
+    """``df`` with the event times the first parse left unread (``_ts`` null where
+    ``ts`` is not) parsed by the later ones: only those rows, as few as they are."""
+    ts, times = df["ts"], df["_ts"]
+    if times.null_count() == ts.null_count():
+        return df
+    rows = (times.is_null() & ts.is_not_null()).arg_true()
+    unread = ts.gather(rows).to_frame()
+    read = unread.select(_FAST_TS).to_series()
+    if read.null_count():
+        read = unread.select(pl.coalesce(pl.lit(read), _SLOW_TS)).to_series()
+    return df.with_columns(times.clone().scatter(rows, read))
 
 
 def _verdict(cases: list[_Case]) -> tuple[pl.Expr, pl.Expr]:
