@@ -148,3 +148,43 @@ def test_nested_value_is_found_in_a_family_judged_row_by_row(decoder):
         (3, "missing_field"),
     ]
     assert out.frames["reading"]["_offset"].to_list() == [2]
+
+
+@pytest.mark.parametrize("guess", ["never", "always", "every_other"])
+def test_the_guess_at_refused_lines_only_saves_time(decoder, monkeypatch, guess):
+    """Lines of a rejected part are screened by a guess; the parser decides each line,
+    so a guess that misses bad lines or points at good ones changes nothing."""
+    good = [line("reading", value=float(i)) for i in range(300)]
+    lines = list(good)
+    for pos, raw in [
+        (3, b'{"family":"reading"'),
+        (50, b"[1, 2]"),
+        (51, line("gate", lift_ms="slow")),
+        (52, b""),
+        (199, line("reading", value=1.5).replace(b"1.5", b"1e999")),
+        (200, line("workorder", status="lost")),
+        (299, line("reading", device_id={"id": 1})),
+    ]:
+        lines[pos] = raw
+    want = decode(decoder, lines, first_offset=7)
+    calls = iter(range(10**6))
+    fake = {
+        "never": lambda _: False,
+        "always": lambda _: True,
+        "every_other": lambda _: next(calls) % 2 == 0,
+    }[guess]
+    monkeypatch.setattr("schemas.decode._maybe_refused", fake)
+    got = decode(decoder, lines, first_offset=7)
+    assert got.dead.equals(want.dead)
+    assert list(got.frames) == list(want.frames)
+    for family, frame in want.frames.items():
+        assert got.frames[family].equals(frame), family
+    assert want.dead.select("offset", "reason").rows() == [
+        (10, "malformed_json"),
+        (57, "not_an_object"),
+        (58, "mistyped_field"),
+        (59, "malformed_json"),
+        (206, "non_finite_value"),
+        (207, "unknown_value"),
+        (306, "mistyped_field"),
+    ]
