@@ -201,7 +201,8 @@ def _by_join(defs: list[IndicatorDef], ids: pl.Enum) -> Recipe:
     same field, stacked by one join with a table of their choices.
 
     Each row of the family meets every indicator whose filter value it has; the
-    entity, value and window are then chosen per indicator from the table.
+    entity, value and window are then chosen per indicator from the table (whose
+    ``indicator_id`` is one of ``ids``).
     Same rows as :func:`_selected` of each, tagged as :func:`partials` stacks them.
     """
     (key,) = defs[0].where
@@ -246,7 +247,8 @@ _TAGGED = [pl.col("indicator_id"), pl.col("entity_id"), pl.col("window_start")]
 
 
 def _stacked(d: IndicatorDef, ids: pl.Enum) -> Recipe:
-    """``d``'s rows, tagged with its id and window end, to stack with others of its kind."""
+    """``d``'s rows, tagged with its id (one of ``ids``) and window end, to stack with
+    others of its kind."""
     cond, columns = _selection(d)
     values = ("num", "den") if kind(d) == "ratio" else ("v",)
     tagged = [
@@ -328,19 +330,20 @@ class Aggregator:
         joined: dict[tuple, list[IndicatorDef]] = {}
         shared: dict[tuple, list[str]] = {}
         first: dict[tuple, IndicatorDef] = {}
-        ids = pl.Enum([d.id for d in catalog.indicators if kind(d) in COLUMN_KINDS])
+        # The stacked rows carry their indicator's id as one of these (cheaper than text).
+        column_ids = pl.Enum([d.id for d in catalog.indicators if kind(d) in COLUMN_KINDS])
         for d in catalog.indicators:
             k = kind(d)
             if _joinable(d):
                 joined.setdefault((d.family, *d.where, d.field, k), []).append(d)
             elif k in COLUMN_KINDS:
-                self._stacked.setdefault(d.family, []).append((k, _stacked(d, ids)))
+                self._stacked.setdefault(d.family, []).append((k, _stacked(d, column_ids)))
             else:  # lifecycle rows are the same for every indicator that picks them alike
                 same = (d.family, *sorted(d.where.items()), *d.entity.by, d.window_us, d.field, k)
                 shared.setdefault(same, []).append(d.id)
                 first.setdefault(same, d)
         for (family, *_, k), defs in joined.items():
-            self._stacked.setdefault(family, []).append((k, _by_join(defs, ids)))
+            self._stacked.setdefault(family, []).append((k, _by_join(defs, column_ids)))
         for same, ids in shared.items():
             d = first[same]
             self._population.setdefault(d.family, []).append((ids, _population_plan(d)))
