@@ -175,6 +175,11 @@ def kind(d: IndicatorDef) -> str:
 #: engine runs a small query about twice as fast as the streaming one (Polars 2's default).
 ENGINE = "in-memory"
 
+#: The optimisations of :meth:`Aggregator.partials`' queries: all but the search for
+#: common subplans and subexpressions across them, which costs more than it saves on a
+#: batch (the shared parts are cheap: filters of small frames, times in microseconds).
+_OPTIMIZATIONS = pl.QueryOptFlags(comm_subplan_elim=False, comm_subexpr_elim=False)
+
 #: The kinds of indicators whose partials merge column by column.
 COLUMN_KINDS = ("columns", "p95", "ratio")
 
@@ -191,12 +196,13 @@ def _joinable(d: IndicatorDef) -> bool:
     return kind(d) in ("columns", "p95") and d.aggregation != "count" and len(d.where) == 1
 
 
-def _by_join(defs: list[IndicatorDef]) -> Recipe:
+def _by_join(defs: list[IndicatorDef], ids: pl.Enum) -> Recipe:
     """The rows of several indicators that pick rows by the same column and read the
     same field, stacked by one join with a table of their choices.
 
     Each row of the family meets every indicator whose filter value it has; the
-    entity, value and window are then chosen per indicator from the table.
+    entity, value and window are then chosen per indicator from the table (whose
+    ``indicator_id`` is one of ``ids``).
     Same rows as :func:`_selected` of each, tagged as :func:`partials` stacks them.
     """
     (key,) = defs[0].where
@@ -211,7 +217,7 @@ def _by_join(defs: list[IndicatorDef]) -> Recipe:
             "_by": [bys.index(tuple(d.entity.by)) for d in defs],
             "_div": [divs.index(d.divide_by) for d in defs],
         },
-        schema_overrides={"_w": pl.Int64, "_by": pl.Int32, "_div": pl.Int32},
+        schema_overrides={"indicator_id": ids, "_w": pl.Int64, "_by": pl.Int32, "_div": pl.Int32},
     ).lazy()
     entity = _choice("_by", [_entity_of(by) for by in bys])
     raw = pl.col(field).cast(pl.Float64)
@@ -240,12 +246,13 @@ def _by_join(defs: list[IndicatorDef]) -> Recipe:
 _TAGGED = [pl.col("indicator_id"), pl.col("entity_id"), pl.col("window_start")]
 
 
-def _stacked(d: IndicatorDef) -> Recipe:
-    """``d``'s rows, tagged with its id and window end, to stack with others of its kind."""
+def _stacked(d: IndicatorDef, ids: pl.Enum) -> Recipe:
+    """``d``'s rows, tagged with its id (one of ``ids``) and window end, to stack with
+    others of its kind."""
     cond, columns = _selection(d)
     values = ("num", "den") if kind(d) == "ratio" else ("v",)
     tagged = [
-        pl.lit(d.id).alias("indicator_id"),
+        pl.lit(d.id, dtype=ids).alias("indicator_id"),
         pl.col("entity_id"),
         pl.col("window_start"),
         (pl.col("window_start") + d.window_us).alias("_end"),
@@ -323,18 +330,20 @@ class Aggregator:
         joined: dict[tuple, list[IndicatorDef]] = {}
         shared: dict[tuple, list[str]] = {}
         first: dict[tuple, IndicatorDef] = {}
+        # The stacked rows carry their indicator's id as one of these (cheaper than text).
+        column_ids = pl.Enum([d.id for d in catalog.indicators if kind(d) in COLUMN_KINDS])
         for d in catalog.indicators:
             k = kind(d)
             if _joinable(d):
                 joined.setdefault((d.family, *d.where, d.field, k), []).append(d)
             elif k in COLUMN_KINDS:
-                self._stacked.setdefault(d.family, []).append((k, _stacked(d)))
+                self._stacked.setdefault(d.family, []).append((k, _stacked(d, column_ids)))
             else:  # lifecycle rows are the same for every indicator that picks them alike
                 same = (d.family, *sorted(d.where.items()), *d.entity.by, d.window_us, d.field, k)
                 shared.setdefault(same, []).append(d.id)
                 first.setdefault(same, d)
         for (family, *_, k), defs in joined.items():
-            self._stacked.setdefault(family, []).append((k, _by_join(defs)))
+            self._stacked.setdefault(family, []).append((k, _by_join(defs, column_ids)))
         for same, ids in shared.items():
             d = first[same]
             self._population.setdefault(d.family, []).append((ids, _population_plan(d)))
@@ -356,8 +365,14 @@ class Aggregator:
             for k, recipe in self._stacked.get(family, ()):
                 stacked[k].append(recipe(lazy))
         kinds = [k for k, rows in stacked.items() if rows]
-        plans += [pl.concat(stacked[k]).group_by(self._keys).agg(self._aggs[k]) for k in kinds]
-        done = pl.collect_all(plans, engine=ENGINE)
+        plans += [
+            pl.concat(stacked[k])
+            .group_by(self._keys)
+            .agg(self._aggs[k])
+            .with_columns(pl.col("indicator_id").cast(pl.String))
+            for k in kinds
+        ]
+        done = pl.collect_all(plans, engine=ENGINE, optimizations=_OPTIMIZATIONS)
         out = {
             i: part
             for names, part in zip(ids, done[: len(ids)], strict=True)
@@ -381,24 +396,39 @@ def split_by_shard(
     """Split every indicator's partials into ``shards`` groups by entity.
 
     ``keys`` names another column to shard a frame by (``entity_id`` otherwise).
+    A frame with no rows is in no shard. With one shard, every frame is its own
+    piece, as it is; otherwise a frame that several names share (as population
+    indicators that pick their rows alike do) is split once.
 
     >>> p = {"x": pl.DataFrame({"entity_id": ["a", "b", "a"], "window_start": [0, 0, 60]})}
     >>> split = split_by_shard(p, 4)
     >>> sum(s["x"].height for s in split if "x" in s), len(split)
     (3, 4)
+    >>> split_by_shard(p, 1)[0]["x"] is p["x"]
+    True
     """
     out: list[dict[str, pl.DataFrame]] = [{} for _ in range(shards)]
     keys = keys or {}
+    if shards == 1:
+        out[0] = {name: frame for name, frame in parts.items() if frame.height}
+        return out
 
-    def tag(name: str) -> pl.Expr:
-        return shard_of(pl.col(keys.get(name, "entity_id")), shards).alias("_shard")
+    def job(name: str, frame: pl.DataFrame) -> tuple[int, str]:
+        return id(frame), keys.get(name, "entity_id")
 
+    frames = {job(n, f): f for n, f in parts.items()}  # frames are alive: ids are unique
     tagged = pl.collect_all(
-        [frame.lazy().with_columns(tag(n)) for n, frame in parts.items()], engine=ENGINE
+        [
+            frame.lazy().with_columns(shard_of(pl.col(key), shards).alias("_shard"))
+            for (_, key), frame in frames.items()
+        ],
+        engine=ENGINE,
     )
-    for indicator_id, frame in zip(parts, tagged, strict=True):
-        for (shard,), piece in frame.partition_by(
-            "_shard", as_dict=True, include_key=False
-        ).items():
-            out[shard][indicator_id] = piece
+    pieces = {
+        k: frame.partition_by("_shard", as_dict=True, include_key=False)
+        for k, frame in zip(frames, tagged, strict=True)
+    }
+    for name, frame in parts.items():
+        for (shard,), piece in pieces[job(name, frame)].items():
+            out[shard][name] = piece
     return out

@@ -27,7 +27,9 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
+import numpy as np
 import orjson
 import polars as pl
 import pyarrow as pa
@@ -102,9 +104,24 @@ for _schema in INPUT_FAMILIES.values():
     for _name, _dtype in polars_schema(_schema).items():
         _WIRE.setdefault(_name, pl.String if isinstance(_dtype, pl.Datetime) else _dtype)
 
+#: The Python type each wire field's JSON values must have for the parser (a guess: see
+#: :func:`_maybe_refused`).
+_WIRE_KINDS = {
+    name: float if dtype == pl.Float64 else bool if dtype == pl.Boolean else str
+    for name, dtype in _WIRE.items()
+}
+#: Failing batches of at most this many lines are screened (:meth:`Decoder._screen`).
+_SCREEN = 1024
+
+_TS_MS_FORMAT = "%Y-%m-%dT%H:%M:%S.%3fZ"  # the usual form: Polars parses it much faster
 _TS_FORMAT = "%Y-%m-%dT%H:%M:%S%.fZ"
 _TS_OFFSET_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%z"
 _DEAD_POLARS = polars_schema(DEAD_LETTERS)
+#: The engine of the decoder's queries: the in-memory one starts a small query about twice
+#: as fast as the streaming one (Polars' default); see ``indicators.aggregate.ENGINE``.
+_ENGINE = "in-memory"
+#: A batch's dead letters before they get their offsets and raw lines.
+_DEAD_ROWS = {"_row": pl.Int64, "reason": pl.String, "detail": pl.String}
 
 
 def _enum(f: pa.Field) -> list[str] | None:
@@ -113,12 +130,77 @@ def _enum(f: pa.Field) -> list[str] | None:
     return raw.decode().split(",") if raw else None
 
 
+#: The numeric fields: each must be finite in every row, whatever the row's family.
+_NUMBERS = ("value", "capacity", "lift_ms", "battery_pct")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+#: Event times are parsed in up to three passes, each only if the ones before left a
+#: time unread: milliseconds and a ``Z`` (the usual form, read by Polars' fast parser),
+#: any fraction and a ``Z``, then the other RFC 3339 forms. A time the first pass reads,
+#: the second reads alike. No cache: event times are nearly all unique.
+_MS_TS = pl.col("ts").str.to_datetime(
+    _TS_MS_FORMAT, strict=False, time_zone="UTC", time_unit="us", cache=False
+)
+_FAST_TS = pl.col("ts").str.to_datetime(
+    _TS_FORMAT, strict=False, time_zone="UTC", time_unit="us", cache=False
+)
+#: Other RFC 3339 forms: an explicit offset, or a space for the 'T'.
+_SLOW_TS = (
+    pl.col("ts")
+    .str.replace(r"[Zz]$", "+00:00")
+    .str.replace(r"^(\d{4}-\d{2}-\d{2})[ tT]", "${1}T")
+    .str.to_datetime(_TS_OFFSET_FORMAT, strict=False, time_zone="UTC", time_unit="us")
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Case:
+    """One way a parsed row is invalid: where ``cond`` holds, the row is ``why``
+    (the first case that holds wins), explained by ``text``. ``family`` is the one
+    family whose rows the case can hit (None: any family's)."""
+
+    family: str | None
+    cond: pl.Expr
+    why: str
+    text: pl.Expr | str
+
+
+@dataclass(frozen=True, slots=True)
+class _Rules:
+    """One family's checks on its rows as a whole (:meth:`Decoder._clean`), and the
+    per-row verdict (reason, detail) for when one fails: its own cases and those of
+    every family, in their order (the other families' cases never hit its rows)."""
+
+    required: tuple[str, ...]  # fields that must not be null
+    enums: tuple[tuple[str, pl.Enum], ...]  # fields whose value comes from a list
+    metric: bool  # the metric must be one its device_type measures
+    reason: pl.Expr
+    detail: pl.Expr
+
+
+#: By a metric's position among the metrics, its device type's among the device types
+#: (positions in their enums: for :meth:`Decoder._clean`).
+_METRIC_ENUM = next(_enum(f) for f in INPUT_FAMILIES["reading"] if f.name == "metric")
+_DEVICE_ENUM = next(_enum(f) for f in INPUT_FAMILIES["reading"] if f.name == "device_type")
+_DEVICE_OF_METRIC = np.array(
+    [_DEVICE_ENUM.index(METRIC_DEVICE_TYPE[m]) for m in _METRIC_ENUM], dtype=np.int64
+)
+
+
 class Decoder:
     """Turns :class:`RawBatch` into :class:`Decoded`.
 
     Timestamps more than ``max_future`` ahead of ``now()`` or more than
     ``max_age`` behind it are dead letters (``timestamp_out_of_range``): a
     clock set to 1970 or 2099 is a broken device, not news.
+
+    The rows of each family are first checked as a whole, from cheap column
+    statistics (null counts, the range of event times, a cast to an enum):
+    a family whose rows pass them all holds no invalid row. Only a family
+    that fails one gets a verdict row by row, by the expressions that name
+    each dead letter's reason; so a clean batch never pays for those.
     """
 
     def __init__(
@@ -130,7 +212,15 @@ class Decoder:
         self.max_future = max_future
         self.max_age = max_age
         self.now = now
-        self._reason, self._detail = self._checks()  # built once; "now" comes in as a column
+        # Built once; "now" comes in as a column.
+        self._future_us = max_future // _US
+        self._age_us = max_age // _US
+        cases = self._cases()
+        self._reason, self._detail = _verdict(cases)
+        self._rules = {
+            name: _rules(name, schema, [c for c in cases if c.family in (None, name)])
+            for name, schema in INPUT_FAMILIES.items()
+        }
 
     # -- parsing ---------------------------------------------------------------
     def _parse(
@@ -139,13 +229,13 @@ class Decoder:
         base: int,
         bad: list[tuple[int, str, str]],
         buf: bytes | None = None,
-    ):
+    ) -> list[tuple[int, pl.DataFrame]]:
         """Parse ``lines`` (joined by newlines: ``buf``) into frames, bisecting around
-        lines the parser rejects."""
+        lines the parser rejects: each frame with the index of its first line."""
         if not lines:
             return []
         buf = b"\n".join(lines) if buf is None else buf
-        if buf.count(b"\n") != len(lines) - 1:
+        if _count(buf, b"\n") != len(lines) - 1:
             # Raw newlines can only be whitespace in valid JSON (strings can't hold them).
             lines = [_one_line(line) for line in lines]
             buf = b"\n".join(lines)
@@ -155,21 +245,52 @@ class Decoder:
         except (pl.exceptions.PolarsError, ValueError) as exc:
             df, err = None, str(exc)
         if df is not None and df.height == len(lines):
-            return [df.with_columns(pl.int_range(base, base + len(lines)).alias("_row"))]
+            return [(base, df)]
         if len(lines) == 1:
             bad.append((base, *_classify(lines[0], err)))
             return []
+        if len(lines) <= _SCREEN and (parts := self._screen(lines, base, bad)) is not None:
+            return parts
         mid = len(lines) // 2
         return self._parse(lines[:mid], base, bad) + self._parse(lines[mid:], base + mid, bad)
 
+    def _screen(
+        self, lines: Sequence[bytes], base: int, bad: list[tuple[int, str, str]]
+    ) -> list[tuple[int, pl.DataFrame]] | None:
+        """:meth:`_parse` of a few ``lines`` the parser rejects, by setting aside those
+        :func:`_maybe_refused` points at: each is parsed alone, the others together
+        (bisected if the guess missed one). None if it points at none.
+
+        The parser still decides every line (a guess only saves time): bisecting a
+        few lines costs a parser call per halving, a guess a few microseconds a line.
+        """
+        aside = [i for i, line in enumerate(lines) if _maybe_refused(line)]
+        if not aside:
+            return None
+        flagged = set(aside)
+        rest = [i for i in range(len(lines)) if i not in flagged]
+        rest_bad: list[tuple[int, str, str]] = []
+        parts = []
+        for first, df in self._parse([lines[i] for i in rest], 0, rest_bad):
+            parts += _runs(df, [base + i for i in rest[first : first + df.height]])
+        bad += [(base + rest[i], why, text) for i, why, text in rest_bad]
+        for i in aside:
+            parts += self._parse([lines[i]], base + i, bad)
+        return sorted(parts, key=lambda part: part[0])
+
     # -- validation ------------------------------------------------------------
-    def _checks(self) -> tuple[pl.Expr, pl.Expr]:
-        """One (reason, detail) pair of expressions; null reason means valid."""
+    def _cases(self) -> list[_Case]:
+        """Every way a row can be invalid, in the order they are tried."""
         now = pl.col("_now")
         fam = pl.col("family")
-        cases: list[tuple[pl.Expr, str, pl.Expr | str]] = [
-            (fam.is_null(), "missing_field", "field 'family' is missing"),
-            (~fam.is_in(list(INPUT_FAMILIES)), "unknown_family", pl.format("family '{}'", fam)),
+        cases = [
+            _Case(None, fam.is_null(), "missing_field", "field 'family' is missing"),
+            _Case(
+                None,
+                ~fam.is_in(list(INPUT_FAMILIES)),
+                "unknown_family",
+                pl.format("family '{}'", fam),
+            ),
         ]
         for name, schema in INPUT_FAMILIES.items():
             mine = fam == name
@@ -178,17 +299,19 @@ class Decoder:
                     continue
                 if not f.nullable:
                     cases.append(
-                        (
+                        _Case(
+                            name,
                             mine & pl.col(f.name).is_null(),
                             "missing_field",
                             f"field '{f.name}' is missing",
                         )
                     )
                 allowed = _enum(f)
-                if allowed and f.name != "family":
+                if allowed:
                     reason = "unknown_device_type" if f.name == "device_type" else "unknown_value"
                     cases.append(
-                        (
+                        _Case(
+                            name,
                             mine & pl.col(f.name).is_not_null() & ~pl.col(f.name).is_in(allowed),
                             reason,
                             pl.format(
@@ -199,7 +322,8 @@ class Decoder:
                     )
         expected_type = pl.col("metric").replace_strict(METRIC_DEVICE_TYPE, default=None)
         cases.append(
-            (
+            _Case(
+                "reading",
                 (fam == "reading") & (expected_type != pl.col("device_type")),
                 "metric_device_mismatch",
                 pl.format(
@@ -209,9 +333,10 @@ class Decoder:
                 ),
             )
         )
-        for num in ("value", "capacity", "lift_ms", "battery_pct"):
+        for num in _NUMBERS:
             cases.append(
-                (
+                _Case(
+                    None,
                     pl.col(num).is_not_null() & ~pl.col(num).is_finite(),
                     "non_finite_value",
                     f"field '{num}' must be finite",
@@ -219,73 +344,121 @@ class Decoder:
             )
         ts = pl.col("_ts")
         cases += [
-            (
+            _Case(
+                None,
                 pl.col("ts").is_not_null() & ts.is_null(),
                 "bad_timestamp",
                 pl.format("field 'ts' is '{}', expected RFC 3339 with an offset", pl.col("ts")),
             ),
-            (
+            _Case(
+                None,
                 (ts > now + self.max_future) | (ts < now - self.max_age),
                 "timestamp_out_of_range",
                 pl.format("field 'ts' is {}, too far from now", pl.col("ts")),
             ),
         ]
-        reason: pl.Expr = pl.lit(None, dtype=pl.String)
-        detail: pl.Expr = pl.lit(None, dtype=pl.String)
-        for cond, why, text in reversed(cases):
-            text_expr = pl.lit(text) if isinstance(text, str) else text
-            reason = pl.when(cond).then(pl.lit(why)).otherwise(reason)
-            detail = pl.when(cond).then(text_expr).otherwise(detail)
-        return reason, detail
+        return cases
+
+    def _clean(self, rules: _Rules, frame: pl.DataFrame, now_us: int) -> bool:
+        """Whether no row of one family's ``frame`` can be invalid, from column statistics.
+
+        Each case of the family's verdict has its check here, or in :func:`_finite`: a
+        case that holds for a row makes its check fail (a check may also fail where no
+        case holds). The frame's ``ts`` is the parsed time: it is null where the wire's
+        is missing or unreadable.
+        """
+        for name in rules.required:
+            if frame[name].null_count():
+                return False
+        t = frame["ts"].to_physical()
+        if t.max() > now_us + self._future_us or t.min() < now_us - self._age_us:
+            return False
+        codes: dict[str, pl.Series] = {}
+        for name, enum in rules.enums:
+            values = frame[name]
+            codes[name] = values.cast(enum, strict=False)  # null where not one of the list
+            if codes[name].null_count() != values.null_count():
+                return False
+        if rules.metric:  # both required, so neither has nulls here
+            metric = codes["metric"].to_physical().to_numpy()
+            device = codes["device_type"].to_physical().to_numpy()
+            return not (_DEVICE_OF_METRIC[metric] != device).any()
+        return True
+
+    def _judge(
+        self, rows: pl.DataFrame, reason: pl.Expr, detail: pl.Expr, now_us: int
+    ) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """Split ``rows`` by their per-row verdict: the valid ones, and the others'
+        dead-letter rows (``_row``, ``reason``, ``detail``)."""
+        now = pl.lit(now_us, dtype=pl.Int64).cast(pl.Datetime("us", "UTC"))
+        judged = rows.with_columns(_now=now).with_columns(_reason=reason)
+        rejected = judged.filter(pl.col("_reason").is_not_null())
+        rejected = rejected.select("_row", reason="_reason", detail=detail)
+        valid = judged.filter(pl.col("_reason").is_null()).drop("_now", "_reason")
+        return valid, rejected
+
+    def _split(
+        self, df: pl.DataFrame, offset: pl.Expr, now_us: int
+    ) -> tuple[list[tuple[str, pl.DataFrame]], list[pl.DataFrame]]:
+        """The parsed rows' valid ones, as each family's frame (with ``_row``), and
+        the others' dead-letter rows."""
+        picks = [
+            df.lazy().filter(pl.col("family") == name).select([*_COLUMNS[name], offset, "_row"])
+            for name in INPUT_FAMILIES
+        ]
+        picked = pl.collect_all(picks, engine=_ENGINE)
+        rejected = []
+        if sum(frame.height for frame in picked) < df.height:  # no family, or an unknown one
+            known = pl.col("family").is_in(list(INPUT_FAMILIES)).fill_null(False)
+            _, dead = self._judge(df.filter(~known), self._reason, self._detail, now_us)
+            rejected.append(dead)
+        finite = _finite(df)
+        kept = []
+        for (name, rules), frame in zip(self._rules.items(), picked, strict=True):
+            if not frame.height:
+                continue
+            if not (finite and self._clean(rules, frame, now_us)):
+                rows = df.filter(pl.col("family") == name)
+                rows, dead = self._judge(rows, rules.reason, rules.detail, now_us)
+                rejected.append(dead)
+                frame = rows.select([*_COLUMNS[name], offset, "_row"])
+            if frame.height:
+                kept.append((name, frame))
+        return kept, rejected
 
     def decode(self, batch: RawBatch) -> Decoded:
         """Decode and validate one batch; every line ends valid or dead."""
         bad: list[tuple[int, str, str]] = []
         buf = b"\n".join(batch.lines)
         parts = self._parse(batch.lines, 0, bad, buf)
+        dead_rows = [pl.DataFrame(bad, schema=_DEAD_ROWS, orient="row")] if bad else []
         frames: dict[str, pl.DataFrame] = {}
-        dead_rows = pl.DataFrame(
-            bad, schema={"_row": pl.Int64, "reason": pl.String, "detail": pl.String}, orient="row"
-        )
         max_ts = None
         if parts:
-            df = pl.concat(parts) if len(parts) > 1 else parts[0]
-            fast = pl.col("ts").str.to_datetime(  # no cache: event times are nearly all unique
-                _TS_FORMAT, strict=False, time_zone="UTC", time_unit="us", cache=False
-            )
-            df = df.with_columns(_ts=fast)
-            if df["_ts"].null_count() > df["ts"].null_count():
-                # Other RFC 3339 forms: an explicit offset, or a space for the 'T'.
-                slow = (
-                    pl.col("ts")
-                    .str.replace(r"[Zz]$", "+00:00")
-                    .str.replace(r"^(\d{4}-\d{2}-\d{2})[ tT]", "${1}T")
-                    .str.to_datetime(
-                        _TS_OFFSET_FORMAT, strict=False, time_zone="UTC", time_unit="us"
+            df = _unread_times(_numbered(parts))
+            kept, rejected = self._split(df, _offset_expr(batch), _epoch_us(self.now()))
+            dead_rows += rejected
+            found = _confirm_nested(df, kept, batch.lines, buf)
+            if found:
+                dead_rows.append(
+                    pl.DataFrame(
+                        [(i, "mistyped_field", text) for i, text in found.items()],
+                        schema=_DEAD_ROWS,
+                        orient="row",
                     )
                 )
-                df = df.with_columns(_ts=pl.coalesce(pl.col("_ts"), slow))
-            df = df.with_columns(_now=pl.lit(self.now(), dtype=pl.Datetime("us", "UTC")))
-            # The detail (text, per case) only for the rare rows with a reason.
-            df = df.with_columns(_reason=self._reason, _detail=pl.lit(None, dtype=pl.String))
-            df = _confirm_nested(df, batch.lines, buf)
-            rejected = df.filter(pl.col("_reason").is_not_null())
-            if rejected.height:
-                detail = pl.coalesce("_detail", self._detail)  # a mistyped field's, or the case's
-                dead_rows = pl.concat(
-                    [dead_rows, rejected.select("_row", reason="_reason", detail=detail)]
-                )
-            ok = df.filter(pl.col("_reason").is_null())
-            if ok.height:
-                max_ts = ok["_ts"].max()
-            for name, part in ok.partition_by("family", as_dict=True).items():
-                family = name[0] if isinstance(name, tuple) else name
-                schema = INPUT_FAMILIES[family]
-                cols = [
-                    pl.col("_ts").alias("ts") if f.name == "ts" else pl.col(f.name) for f in schema
-                ]
-                frames[family] = part.select([*cols, _offset_expr(batch)])
-        dead = dead_letters(batch, dead_rows.sort("_row"), self.now())
+                gone = pl.col("_row").is_in(pl.Series(list(found), dtype=pl.Int64).implode())
+                kept = [(family, frame.filter(~gone)) for family, frame in kept]
+                kept = [(family, frame) for family, frame in kept if frame.height]
+            if kept:
+                max_ts = max(frame["ts"].max() for _, frame in kept)
+            kept.sort(key=lambda item: item[1]["_row"][0])  # in order of their first valid row
+            for family, frame in kept:
+                frame.drop_in_place("_row")
+                frames[family] = frame
+        dead_rows = [d for d in dead_rows if d.height]
+        rows = pl.concat(dead_rows).sort("_row") if dead_rows else pl.DataFrame(schema=_DEAD_ROWS)
+        dead = dead_letters(batch, rows, self.now())
         return Decoded(
             source=batch.source,
             partition=batch.partition,
@@ -297,6 +470,116 @@ class Decoder:
             lines=batch.lines,
             offsets=batch.offsets,
         )
+
+
+def _runs(df: pl.DataFrame, rows: list[int]) -> list[tuple[int, pl.DataFrame]]:
+    """``df`` (its rows' line indexes: ``rows``, ascending) cut where they skip lines:
+    each piece with the index of its first line."""
+    cuts = [k for k in range(1, len(rows)) if rows[k] != rows[k - 1] + 1]
+    bounds = [0, *cuts, len(rows)]
+    return [(rows[a], df.slice(a, b - a)) for a, b in pairwise(bounds)]
+
+
+def _maybe_refused(line: bytes) -> bool:
+    """Whether the batch parser may refuse ``line`` alone: it is no JSON object, or a
+    field of the wire schema holds a value of a type the parser cannot read as the
+    field's (strings take any value). A guess, to look at such lines first."""
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return True
+    if not isinstance(obj, dict):
+        return True
+    for name, value in obj.items():
+        kind = _WIRE_KINDS.get(name)
+        if kind is None or value is None or kind is str:
+            continue
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, int | float):
+            return True
+    return False
+
+
+def _numbered(parts: list[tuple[int, pl.DataFrame]]) -> pl.DataFrame:
+    """The parsed frames as one, each row with its line's index (``_row``) and its event
+    time's first parse (``_ts``): one query, however many frames bisection left."""
+    if len(parts) == 1:
+        base, df = parts[0]
+        rows = pl.int_range(base, base + df.height)
+    else:
+        df = pl.concat([frame for _, frame in parts])
+        rows = pl.lit(
+            pl.Series(
+                np.concatenate([np.arange(b, b + f.height) for b, f in parts]), dtype=pl.Int64
+            )
+        )
+    return df.with_columns(rows.alias("_row"), _ts=_MS_TS)
+
+
+def _unread_times(df: pl.DataFrame) -> pl.DataFrame:
+    """``df`` with the event times the first parse left unread (``_ts`` null where
+    ``ts`` is not) parsed by the later ones: only those rows, as few as they are."""
+    ts, times = df["ts"], df["_ts"]
+    if times.null_count() == ts.null_count():
+        return df
+    rows = (times.is_null() & ts.is_not_null()).arg_true()
+    unread = ts.gather(rows).to_frame()
+    read = unread.select(_FAST_TS).to_series()
+    if read.null_count():
+        read = unread.select(pl.coalesce(pl.lit(read), _SLOW_TS)).to_series()
+    return df.with_columns(times.clone().scatter(rows, read))
+
+
+def _verdict(cases: list[_Case]) -> tuple[pl.Expr, pl.Expr]:
+    """The (reason, detail) pair of expressions of ``cases``: the first that holds
+    names the reason; a null reason means valid."""
+    reason: pl.Expr = pl.lit(None, dtype=pl.String)
+    detail: pl.Expr = pl.lit(None, dtype=pl.String)
+    for case in reversed(cases):
+        text = pl.lit(case.text) if isinstance(case.text, str) else case.text
+        reason = pl.when(case.cond).then(pl.lit(case.why)).otherwise(reason)
+        detail = pl.when(case.cond).then(text).otherwise(detail)
+    return reason, detail
+
+
+def _rules(family: str, schema: pa.Schema, cases: list[_Case]) -> _Rules:
+    """One family's :class:`_Rules`; ``cases``: those that can hit its rows."""
+    fields = [f for f in schema if f.name != "family"]
+    enums = tuple((f.name, pl.Enum(allowed)) for f in fields if (allowed := _enum(f)))
+    reason, detail = _verdict(cases)
+    return _Rules(
+        required=tuple(f.name for f in fields if not f.nullable),
+        enums=enums,
+        metric=any(c.why == "metric_device_mismatch" for c in cases),
+        reason=reason,
+        detail=detail,
+    )
+
+
+#: Each family's frame's columns, in its schema's order (``ts`` the parsed time).
+_COLUMNS = {
+    name: [pl.col("_ts").alias("ts") if f.name == "ts" else pl.col(f.name) for f in schema]
+    for name, schema in INPUT_FAMILIES.items()
+}
+
+
+def _epoch_us(t: datetime) -> int:
+    """Microseconds since the epoch of ``t`` (naive: UTC)."""
+    return ((t if t.tzinfo is not None else t.replace(tzinfo=UTC)) - _EPOCH) // _US
+
+
+def _finite(df: pl.DataFrame) -> bool:
+    """Whether every number of the parsed rows is finite (or null), whatever the row's
+    family (a ``non_finite_value`` check of :meth:`Decoder._clean`)."""
+    for name in _NUMBERS:
+        values = df[name]
+        if values.null_count() < len(values) and not values.is_finite().all():
+            return False
+    return True
+
+
+def _count(buf: bytes, byte: bytes) -> int:
+    """How many times ``byte`` occurs in ``buf`` (a vectorised scan)."""
+    return int(np.count_nonzero(np.frombuffer(buf, dtype=np.uint8) == ord(byte)))
 
 
 def partition_key(source: str, partition: int | None) -> str:
@@ -342,35 +625,35 @@ def _offsets_at(batch: RawBatch | Decoded, idx: list[int]) -> list[int]:
 _STRING_FIELDS = sorted(
     {f.name for schema in INPUT_FAMILIES.values() for f in schema if f.type == pa.string()}
 )
+_SUSPECT = pl.any_horizontal(
+    pl.col(c).str.starts_with("[") | pl.col(c).str.starts_with("{") for c in _STRING_FIELDS
+).fill_null(False)
 
 
-def _confirm_nested(df: pl.DataFrame, lines: Sequence[bytes], blob: bytes) -> pl.DataFrame:
-    """Reject rows where the parser turned a JSON object or array into a string.
+def _confirm_nested(
+    df: pl.DataFrame, kept: list[tuple[str, pl.DataFrame]], lines: Sequence[bytes], blob: bytes
+) -> dict[int, str]:
+    """Valid rows where the parser turned a JSON object or array into a string:
+    the problem of each, by ``_row``.
 
-    Only rows with a string field starting with ``[`` or ``{`` (rare) are
-    looked at, by re-reading their original line. Every valid row's line
-    opens with a ``{``, so a batch with no ``[`` and no more ``{`` than valid
-    rows cannot have one, and is not looked at (``blob``: the lines, joined).
+    Only valid rows (those of ``kept``, each family's) with a string field (of any
+    family: ``df`` holds them all) starting with ``[`` or ``{`` (rare) are looked at,
+    by re-reading their original line. Every valid row's line opens with a ``{``, so
+    a batch with no ``[`` and no more ``{`` than valid rows cannot have one, and is not
+    looked at (``blob``: the lines, joined).
     """
-    if b"[" not in blob and blob.count(b"{") <= df["_reason"].null_count():  # the valid rows
-        return df
-    suspect = pl.any_horizontal(
-        pl.col(c).str.starts_with("[") | pl.col(c).str.starts_with("{") for c in _STRING_FIELDS
+    if b"[" not in blob and _count(blob, b"{") <= sum(frame.height for _, frame in kept):
+        return {}
+    valid = (
+        pl.concat([frame["_row"] for _, frame in kept]) if kept else pl.Series([], dtype=pl.Int64)
     )
-    rows = df.filter(suspect.fill_null(False) & pl.col("_reason").is_null())["_row"].to_list()
+    rows = df.filter(_SUSPECT & pl.col("_row").is_in(valid.implode()))["_row"].to_list()
     found = {}
     for i in rows:
         problem = _mistyped(orjson.loads(_one_line(lines[i])))
         if problem:
             found[i] = problem
-    if not found:
-        return df
-    hit = pl.col("_row").is_in(list(found))
-    text = pl.col("_row").replace_strict(found, default=None, return_dtype=pl.String)
-    return df.with_columns(
-        _reason=pl.when(hit).then(pl.lit("mistyped_field")).otherwise(pl.col("_reason")),
-        _detail=pl.when(hit).then(text).otherwise(pl.col("_detail")),
-    )
+    return found
 
 
 def _one_line(line: bytes) -> bytes:

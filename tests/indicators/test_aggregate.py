@@ -8,7 +8,15 @@ import polars as pl
 import pytest
 
 from cityvitals.simulate import Scenario, generate
-from indicators.aggregate import COLUMN_KINDS, COLUMNS, kind, partial, partials
+from indicators.aggregate import (
+    COLUMN_KINDS,
+    COLUMNS,
+    kind,
+    partial,
+    partials,
+    shard_of,
+    split_by_shard,
+)
 from indicators.definitions import load_catalog
 from schemas.decode import Decoder, RawBatch
 
@@ -82,3 +90,37 @@ def test_only_the_families_given_are_aggregated(frames):
         d.id for d in catalog.indicators if d.family == "gate" and kind(d) in COLUMN_KINDS
     }
     assert partials(catalog, {"gate": frames["gate"].clear()}) == {}
+
+
+def reference_split(
+    parts: dict[str, pl.DataFrame], shards: int, keys: dict[str, str] | None = None
+) -> list[dict[str, pl.DataFrame]]:
+    """Each frame tagged with its rows' shards and split, one by one."""
+    out: list[dict[str, pl.DataFrame]] = [{} for _ in range(shards)]
+    keys = keys or {}
+    for name, frame in parts.items():
+        shard = shard_of(pl.col(keys.get(name, "entity_id")), shards).alias("_shard")
+        tagged = frame.with_columns(shard)
+        for (i,), piece in tagged.partition_by("_shard", as_dict=True, include_key=False).items():
+            out[i][name] = piece
+    return out
+
+
+@pytest.mark.parametrize("shards", [1, 2, 3, 8])
+def test_split_by_shard_puts_each_row_where_its_entity_lives(frames, shards):
+    """Shared frames (population indicators that pick alike share one) are split once,
+    an empty frame is in no shard, and a frame may be sharded by another column."""
+    parts = partials(load_catalog(), frames)
+    assert len({id(f) for f in parts.values()}) < len(parts)  # some frames are shared
+    parts["empty"] = parts[COLUMNS].clear()
+    parts["by_device"] = frames["heartbeat"].select("device_id", "ts")
+    keys = {"by_device": "device_id"}
+    got = split_by_shard(parts, shards, keys)
+    want = reference_split(parts, shards, keys)
+    assert len(got) == len(want) == shards
+    for mine, theirs in zip(got, want, strict=True):
+        assert list(mine) == list(theirs)
+        for name, piece in theirs.items():
+            assert mine[name].equals(piece), name
+    assert sum(s["by_device"].height for s in got) == frames["heartbeat"].height
+    assert all("empty" not in s for s in got)
