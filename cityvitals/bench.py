@@ -87,7 +87,7 @@ class BenchSettings:
     events: int = 300_000
     devices: int = 500
     seed: int = 7
-    batch_size: int = 10_000
+    batch_size: int = 50_000  # the pipeline's default (flows.config.DEFAULT_BATCH_SIZE)
     rate: float = 100_000.0  # steady input rate for the latency run, events/s
     latency_events: int | None = None  # events of the latency run (default: all)
     tick: float = 0.1  # seconds between the steady source's batches

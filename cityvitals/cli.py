@@ -154,7 +154,7 @@ def demo(minutes: int, devices: int, seed: int, out: Path) -> None:
     help="Write the run summary here as JSON.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing lake in --out.")
-@click.option("--batch-size", type=int, help="Lines per batch (default 10000).")
+@click.option("--batch-size", type=int, help="Lines per batch (default 50000).")
 @click.option("--allowed-lateness", help="How late an event may arrive, e.g. 30s.")
 def run(
     input_: Path,
@@ -573,7 +573,7 @@ def health(recovery: Path | None, max_age: float) -> None:
 @click.option("--seed", default=7, show_default=True, help="Random seed of the input.")
 @click.option(
     "--batch-size",
-    default=10_000,
+    default=50_000,
     show_default=True,
     type=click.IntRange(1, 1_000_000),
     help="Lines per batch fed to the flows.",

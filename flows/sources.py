@@ -13,6 +13,7 @@ from pathlib import Path
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from flows import shutdown
+from flows.config import DEFAULT_BATCH_SIZE
 from schemas.decode import RawBatch, partition_key
 
 __all__ = ["BatchIteratorSource", "JsonLinesSource"]
@@ -51,7 +52,7 @@ class JsonLinesSource(FixedPartitionedSource[RawBatch, tuple[int, int]]):
     (byte offset, line number), so a recovered run continues where it was.
     """
 
-    def __init__(self, path: Path | str, batch_size: int = 10_000) -> None:
+    def __init__(self, path: Path | str, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
         self.path = Path(path)
         self.batch_size = batch_size
 
