@@ -161,3 +161,16 @@ def test_a_series_that_falls_silent_is_alerted_by_the_flow_in_event_time(tmp_pat
             t0 + timedelta(minutes=15),
         )
     ]
+
+
+def test_keyed_steps_snapshot_their_state_only_when_the_flow_recovers():
+    """Without recovery Bytewax drops every snapshot: pickling a whole shard would be waste."""
+    import pickle
+
+    from flows.city import _Windows
+    from indicators.windows import WindowStore
+
+    store = WindowStore(load_catalog(), ["p0"])
+    assert _Windows(store, recovery=False).snapshot() == b""
+    restored = pickle.loads(_Windows(store, recovery=True).snapshot())
+    assert isinstance(restored, WindowStore) and restored.partitions == ["p0"]
