@@ -51,13 +51,19 @@ def reports(*rows) -> pl.DataFrame:
     )
 
 
-def feed(timers: Timers, beat_rows, order_rows, now: datetime):
-    """One batch in, its watermark being its latest event time minus the lateness."""
+def batch(partition: str, beat_rows, order_rows) -> tuple:
+    """``Timers.add_all``'s item for one batch: its watermark is its latest event time
+    minus the lateness."""
     latest = max(s for s, _ in [*beat_rows, *order_rows])
     mark = us(T0 + timedelta(seconds=latest) - LATENESS)
     runs = heard(beats(*beat_rows), CATALOG.devices) if beat_rows else None
     orders = changes(reports(*order_rows)) if order_rows else None
-    return timers.add("p0", runs, orders, mark, now)
+    return partition, runs, orders, mark, False
+
+
+def feed(timers: Timers, beat_rows, order_rows, now: datetime):
+    """One batch in (see :func:`batch`)."""
+    return timers.add(*batch("p0", beat_rows, order_rows)[:4], now)
 
 
 def keys(devices: pl.DataFrame, orders: pl.DataFrame) -> list[tuple]:
@@ -164,18 +170,10 @@ def test_batches_taken_together_give_the_records_of_one_at_a_time():
         ("p0", [(3000, "a")], [(2990, "WO-3")]),
         ("p1", [(3001, "c")], []),
     ]
-
-    def args(partition, beat_rows, order_rows):
-        latest = max(s for s, _ in [*beat_rows, *order_rows])
-        mark = us(T0 + timedelta(seconds=latest) - LATENESS)
-        runs = heard(beats(*beat_rows), CATALOG.devices) if beat_rows else None
-        orders = changes(reports(*order_rows)) if order_rows else None
-        return partition, runs, orders, mark, False
-
     single = Timers(CATALOG, ["p0", "p1"])
-    one = [single.add(*args(*b)[:4], now=T0) for b in batches]
+    one = [single.add(*batch(*b)[:4], now=T0) for b in batches]
     grouped = Timers(CATALOG, ["p0", "p1"])
-    together = [grouped.add_all([args(*b) for b in batches[i : i + 3]], T0) for i in (0, 3, 6, 9)]
+    together = [grouped.add_all([batch(*b) for b in batches[i : i + 3]], T0) for i in (0, 3, 6, 9)]
     want = keys(pl.concat([d for d, _ in one]), pl.concat([o for _, o in one]))
     got = keys(pl.concat([d for d, _ in together]), pl.concat([o for _, o in together]))
     assert got == want
