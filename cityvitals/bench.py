@@ -470,10 +470,10 @@ def _kafka_source_child(kafka) -> dict:
     with the records (the ceiling of the Kafka row on this machine and broker)."""
     from flows.kafka_io import KafkaInput
 
+    started = time.perf_counter()  # consumers made and assigned on the clock, as in the flow
     source = KafkaInput(kafka)
     parts = [source.build_part("read", name, None) for name in source.list_parts()]
     events = 0
-    started = time.perf_counter()
     while parts:
         for part in list(parts):
             try:
@@ -601,9 +601,9 @@ class _SteadyPartition(StatefulSourcePartition[RawBatch, int]):
         if self.t0 is None:
             self.t0 = now
         lines: list[bytes] = []
-        while self.k < len(self.batches) and (not lines or len(lines) < self.max_lines):
+        while self.k < len(self.batches):
             at = self.t0 + self.k * self.tick
-            if now < at:
+            if now < at or (lines and len(lines) + len(self.batches[self.k]) > self.max_lines):
                 break
             self.due.append(at)
             lines.extend(self.batches[self.k])

@@ -62,6 +62,7 @@ from thresholds.rules import RuleSet, load_rules
 __all__ = [
     "STATE_FILE",
     "Closed",
+    "EmptySnapshotError",
     "Fired",
     "Ingested",
     "ShardItem",
@@ -154,7 +155,7 @@ class Closed:
 
     values: pl.DataFrame
     watermark: datetime | None
-    ingested_at: float | None = None  # of the batch that closed the windows
+    ingested_at: float | None = None  # earliest of the batches that closed them (errs high)
 
 
 class _Windows(StatefulBatchLogic[ShardItem, Closed, bytes]):
@@ -381,9 +382,10 @@ def build(
     )
 
     def timers(resume: bytes | None) -> _Timers:
-        if not resume:
+        state = _thawed(resume, "timers")
+        if state is None:
             return _Timers(Timers(catalog, partitions, clock), config.recovery)
-        return _Timers(pickle.loads(resume).resumed(datetime.now(UTC)), config.recovery)
+        return _Timers(state.resumed(datetime.now(UTC)), config.recovery)
 
     def evaluate(ev: Evaluator | None, closed: Closed):
         ev = ev or Evaluator(rules)
@@ -442,7 +444,7 @@ def build(
     scored = op.stateful(
         "score",
         lagged,
-        lambda resume: _Score(pickle.loads(resume) if resume else Scorer(catalog), config.recovery),
+        lambda resume: _Score(_restore_scorer(resume, catalog), config.recovery),
     )
     # (shard, Closed: the same, plus one row per model score of those values)
     graded = op.stateful_map("thresholds", scored, evaluate)
@@ -544,7 +546,36 @@ def settle_shards(out: Path, requested: int | None, workers: int, recovering: bo
 
 
 def _restore(resume: bytes | None, catalog: Catalog, partitions: list[str]) -> WindowStore:
-    return pickle.loads(resume) if resume else WindowStore(catalog, partitions)
+    store = _thawed(resume, "windows")
+    return WindowStore(catalog, partitions) if store is None else store
+
+
+def _restore_scorer(resume: bytes | None, catalog: Catalog) -> Scorer:
+    scorer = _thawed(resume, "score")
+    return Scorer(catalog) if scorer is None else scorer
+
+
+class EmptySnapshotError(RuntimeError):
+    """A keyed step was resumed from a snapshot taken without recovery's state in it."""
+
+
+def _thawed(resume: bytes | None, step: str) -> object | None:
+    """The state a keyed step resumes from (None: a fresh start).
+
+    An empty snapshot is one :func:`_frozen` wrote while ``pipeline.recovery`` was off
+    although Bytewax was recovering: starting that step fresh would silently lose its
+    windows, clocks or models, so it stops the start instead.
+    """
+    if resume is None:
+        return None
+    if not resume:
+        raise EmptySnapshotError(
+            f"{step}: the recovery store holds an empty snapshot, written while the flow ran "
+            "with Bytewax recovery but pipeline.recovery off; start over with an empty "
+            "pipeline.out and a new recovery store, and start with -r through "
+            "flows.city_kafka or flows.city (they set pipeline.recovery)"
+        )
+    return pickle.loads(resume)
 
 
 def _frozen(state: object, recovery: bool) -> bytes:

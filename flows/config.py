@@ -532,7 +532,8 @@ def load_flow_config(environ: Mapping[str, str]) -> FlowConfig:
 def _run_flags(argv: list[str]) -> argparse.Namespace:
     """The ``bytewax.run`` flags this module reads, in every form argparse takes (``-i 1``,
     ``-i1``, ``--process-id=1``); the others are left alone."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    # Abbreviations as bytewax.run's own parser takes them (--recovery-dir is -r there too).
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     parser.add_argument("-i", "--process-id", type=int)
     parser.add_argument("-r", "--recovery-directory")
     parser.add_argument("-w", "--workers-per-process", type=int)
@@ -547,10 +548,13 @@ def recovery_requested(argv: list[str], environ: Mapping[str, str]) -> bool:
     True
     >>> recovery_requested(["x"], {"BYTEWAX_RECOVERY_DIRECTORY": "rec"})
     True
+    >>> recovery_requested(["bytewax.run", "flows.city_kafka", "--recovery-dir", "rec"], {})
+    True
     >>> recovery_requested(["bytewax.run", "flows.city_kafka", "-w", "2"], {})
     False
     """
-    return bool(environ.get("BYTEWAX_RECOVERY_DIRECTORY") or _run_flags(argv).recovery_directory)
+    flag = _run_flags(argv).recovery_directory
+    return flag is not None or environ.get("BYTEWAX_RECOVERY_DIRECTORY") is not None
 
 
 def process_id(argv: list[str], environ: Mapping[str, str]) -> int:
@@ -577,6 +581,8 @@ def cluster_workers(argv: list[str], environ: Mapping[str, str]) -> int:
     4
     >>> cluster_workers(["bytewax.run", "flows.city_kafka", "-w3"], {})
     3
+    >>> cluster_workers(["bytewax.run", "flows.city_kafka", "--workers", "2"], {})
+    2
     >>> cluster_workers(["x"], {"BYTEWAX_WORKERS_PER_PROCESS": "2"}), cluster_workers(["x"], {})
     (2, 1)
     """
@@ -584,7 +590,8 @@ def cluster_workers(argv: list[str], environ: Mapping[str, str]) -> int:
     per = flags.workers_per_process or int(environ.get("BYTEWAX_WORKERS_PER_PROCESS") or 1)
     addresses = flags.addresses or environ.get("BYTEWAX_ADDRESSES")
     hostfile = environ.get("BYTEWAX_HOSTFILE_PATH")
-    if not addresses and hostfile and Path(hostfile).is_file():
+    clustered = flags.process_id is not None or environ.get("BYTEWAX_PROCESS_ID") is not None
+    if not addresses and clustered and hostfile and Path(hostfile).is_file():
         addresses = ";".join(Path(hostfile).read_text().split())
     processes = len([a for a in (addresses or "").split(";") if a.strip()]) or 1
     return per * processes

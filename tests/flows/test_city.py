@@ -174,3 +174,14 @@ def test_keyed_steps_snapshot_their_state_only_when_the_flow_recovers():
     assert _Windows(store, recovery=False).snapshot() == b""
     restored = pickle.loads(_Windows(store, recovery=True).snapshot())
     assert isinstance(restored, WindowStore) and restored.partitions == ["p0"]
+
+
+def test_an_empty_snapshot_stops_the_resume_instead_of_starting_fresh():
+    """Written while Bytewax recovered but pipeline.recovery was off: the state is not in it."""
+    import pytest
+
+    from flows.city import EmptySnapshotError, _restore
+
+    with pytest.raises(EmptySnapshotError, match="windows: the recovery store holds an empty"):
+        _restore(b"", load_catalog(), ["p0"])
+    assert _restore(None, load_catalog(), ["p0"]).partitions == ["p0"]
