@@ -152,6 +152,16 @@ class OrderLifecycle(Population):
         """How many orders the state holds now."""
         return len(self._orders)
 
+    def __setstate__(self, state: dict) -> None:
+        """Restore a snapshot, also one taken before the changes were kept as rows:
+        its pending frames (``_parts``) become rows."""
+        parts = state.pop("_parts", None)
+        self.__dict__.update(state)
+        if parts is not None:
+            self._changes = []
+            for part in parts:
+                self._keep(part)
+
     def _keep(self, part: pl.DataFrame) -> None:
         if part.columns != list(_CHANGE):  # partials come in this order: no query then
             part = part.select(_CHANGE)

@@ -213,3 +213,34 @@ def test_every_lifecycle_measure_is_an_aggregation():
     from typing import get_args
 
     assert set(LIFECYCLE) <= set(get_args(Aggregation))
+
+
+def test_a_snapshot_from_before_changes_were_kept_as_rows_still_resumes():
+    """The last release pickled a lifecycle's pending changes as frames (``_parts``)."""
+    import pickle
+
+    d = define("open_orders")
+    batch = partial(
+        d,
+        changes(
+            (0, "A", "reported", "small"),
+            (1, "B", "reported", "big"),
+            (5, "A", "dispatched", "small"),
+            (20, "A", "closed", "small"),
+            (35, "B", "closed", "big"),
+        ),
+    )
+    end_15 = int((T0 + timedelta(minutes=15)).timestamp()) * 10**6
+    live = OrderLifecycle(d, WorkOrders())
+    live.add(batch)
+    want = [live.close(end_15 + k * 15 * 60 * 10**6)["value"].to_list() for k in range(3)]
+
+    old = OrderLifecycle(d, WorkOrders())
+    old.add(batch)
+    state = dict(old.__dict__)
+    state["_parts"] = [batch]  # the old layout: frames, no rows
+    del state["_changes"]
+    restored = OrderLifecycle.__new__(OrderLifecycle)
+    restored.__setstate__(pickle.loads(pickle.dumps(state)))
+    got = [restored.close(end_15 + k * 15 * 60 * 10**6)["value"].to_list() for k in range(3)]
+    assert got == want == [[2.0], [1.0], [0.0]]
