@@ -229,9 +229,13 @@ class Decoder:
         base: int,
         bad: list[tuple[int, str, str]],
         buf: bytes | None = None,
+        screened: bool = False,
     ) -> list[tuple[int, pl.DataFrame]]:
         """Parse ``lines`` (joined by newlines: ``buf``) into frames, bisecting around
-        lines the parser rejects: each frame with the index of its first line."""
+        lines the parser rejects: each frame with the index of its first line.
+
+        ``screened``: these lines were screened already (see :meth:`_screen`); a part is
+        screened once, not again at every halving below it."""
         if not lines:
             return []
         buf = b"\n".join(lines) if buf is None else buf
@@ -249,10 +253,14 @@ class Decoder:
         if len(lines) == 1:
             bad.append((base, *_classify(lines[0], err)))
             return []
-        if len(lines) <= _SCREEN and (parts := self._screen(lines, base, bad)) is not None:
-            return parts
+        if not screened and len(lines) <= _SCREEN:
+            if (parts := self._screen(lines, base, bad)) is not None:
+                return parts
+            screened = True
         mid = len(lines) // 2
-        return self._parse(lines[:mid], base, bad) + self._parse(lines[mid:], base + mid, bad)
+        return self._parse(lines[:mid], base, bad, screened=screened) + self._parse(
+            lines[mid:], base + mid, bad, screened=screened
+        )
 
     def _screen(
         self, lines: Sequence[bytes], base: int, bad: list[tuple[int, str, str]]
@@ -271,7 +279,7 @@ class Decoder:
         rest = [i for i in range(len(lines)) if i not in flagged]
         rest_bad: list[tuple[int, str, str]] = []
         parts = []
-        for first, df in self._parse([lines[i] for i in rest], 0, rest_bad):
+        for first, df in self._parse([lines[i] for i in rest], 0, rest_bad, screened=True):
             parts += _runs(df, [base + i for i in rest[first : first + df.height]])
         bad += [(base + rest[i], why, text) for i, why, text in rest_bad]
         for i in aside:
