@@ -283,7 +283,7 @@ class Evaluator:
                 if e in keys:
                     p = int(at[j])
                     hot.append((ind, k, e, int(starts[j]), int(row[p]), g, p))
-        hot.sort()
+        hot.sort(key=_nulls_first)  # a null entity (never expected) sorts as Polars did
         about = cols.take(
             ["sector", "entity_type", "window_start", "window_end"], [h[4] for h in hot]
         )
@@ -693,3 +693,8 @@ def _worse(rule: Rule, peak: float, value: float) -> float:
     low, high = rule.variants[0].span(next(iter(rule.levels)), "outside")
     middle = (low + high) / 2
     return value if abs(value - middle) > abs(peak - middle) else peak
+
+
+def _nulls_first(h: tuple) -> tuple:
+    """The order of a row in trouble: indicator, rule, entity (null first), then the rest."""
+    return (h[0], h[1], h[2] is not None, h[2] or "", *h[3:])
