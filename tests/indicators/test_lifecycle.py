@@ -125,21 +125,20 @@ def test_delay_measures_emit_nothing_where_nothing_was_measured():
     assert set(values(define("open_orders"), [batch], 90)) == {0, 15, 30, 45, 60, 75}
 
 
+# A closed at 10:20, B at 10:35: open orders 2, 1, 0 at 10:15, 10:30, 10:45.
+TWO_CLOSED = [
+    (0, "A", "reported", "small"),
+    (1, "B", "reported", "big"),
+    (5, "A", "dispatched", "small"),
+    (20, "A", "closed", "small"),
+    (35, "B", "closed", "big"),
+]
+
+
 def test_closed_orders_are_evicted_and_counted_open_until_then():
     d = define("open_orders")
     state = OrderLifecycle(d, WorkOrders())
-    state.add(
-        partial(
-            d,
-            changes(
-                (0, "A", "reported", "small"),
-                (1, "B", "reported", "big"),
-                (5, "A", "dispatched", "small"),
-                (20, "A", "closed", "small"),
-                (35, "B", "closed", "big"),
-            ),
-        )
-    )
+    state.add(partial(d, changes(*TWO_CLOSED)))
     end_15 = int((T0 + timedelta(minutes=15)).timestamp()) * 10**6
     assert state.close(end_15)["value"].to_list() == [2.0]
     assert state.open_orders == 2
@@ -220,16 +219,7 @@ def test_a_snapshot_from_before_changes_were_kept_as_rows_still_resumes():
     import pickle
 
     d = define("open_orders")
-    batch = partial(
-        d,
-        changes(
-            (0, "A", "reported", "small"),
-            (1, "B", "reported", "big"),
-            (5, "A", "dispatched", "small"),
-            (20, "A", "closed", "small"),
-            (35, "B", "closed", "big"),
-        ),
-    )
+    batch = partial(d, changes(*TWO_CLOSED))
     end_15 = int((T0 + timedelta(minutes=15)).timestamp()) * 10**6
     live = OrderLifecycle(d, WorkOrders())
     live.add(batch)
