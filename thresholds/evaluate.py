@@ -56,6 +56,7 @@ import polars as pl
 
 from indicators.aggregate import ENGINE
 from schemas.families import SEVERITIES
+from thresholds.batch import column_at, indicator_runs, null_first
 from thresholds.rules import LEVELS, Rule, RuleSet, duration_met
 
 __all__ = ["Evaluator", "alert_id"]
@@ -219,11 +220,10 @@ class Evaluator:
         the rules' order, entity and window.
         """
         n = values.height
-        runs = values.get_column("indicator_id").rle().struct.unnest()
+        names, lengths = indicator_runs(values)
         none = len(self._rules) - 1  # the code of indicators without rules
-        names = runs.get_column("value").to_list()
         codes = [self._codes.get(x, none) for x in names]  # of each run
-        code = np.repeat(np.array(codes, np.int64), runs.get_column("len").to_numpy())
+        code = np.repeat(np.array(codes, np.int64), lengths)
         present = {g for g in self._rules[list(set(codes))].ravel().tolist() if g >= 0}
         if not present:
             return _with_level(values, None)
@@ -271,7 +271,7 @@ class Evaluator:
         for g in trouble:
             at = mine.get(g)
             at = np.flatnonzero(gid == g) if at is None else at
-            entities = cols.strings("entity_id", row[at])
+            entities = column_at(cols.frame, "entity_id", row[at])
             keys = {entities[j] for j in np.flatnonzero(raw[at] > 0).tolist()}
             keys.update(watched.get(g, ()))
             c = int(code[row[at[0]]])
@@ -283,7 +283,7 @@ class Evaluator:
                 if e in keys:
                     p = int(at[j])
                     hot.append((ind, k, e, int(starts[j]), int(row[p]), g, p))
-        hot.sort(key=_nulls_first)  # a null entity (never expected) sorts as Polars did
+        hot.sort(key=lambda h: (h[0], h[1], *null_first(h[2]), *h[3:]))  # as Polars sorted
         about = cols.take(
             ["sector", "entity_type", "window_start", "window_end"], [h[4] for h in hot]
         )
@@ -314,7 +314,7 @@ class Evaluator:
         """
         by_entity = self._by_entity.get(gid)
         if by_entity is not None:
-            entities = cols.strings("entity_id", rows)
+            entities = column_at(cols.frame, "entity_id", rows)
             new = [e for e in dict.fromkeys(entities) if e not in by_entity]
             if new:
                 frame = pl.DataFrame(
@@ -380,7 +380,7 @@ class Evaluator:
         last = self._previous.get(rule.id)
         if last is None:
             last = self._previous[rule.id] = _Last()
-        slot = last.slots(cols.strings("entity_id", rows))
+        slot = last.slots(column_at(cols.frame, "entity_id", rows))
         here = np.zeros(last.known.size, bool)
         here[slot] = True
         before = np.flatnonzero(here & last.known)  # stored windows of the batch's entities
@@ -410,7 +410,7 @@ class Evaluator:
         self, rule: Rule, rows: np.ndarray, v: np.ndarray, null: np.ndarray, cols: _Columns
     ) -> None:
         """Note each entity's latest window, so its silence can be noticed."""
-        entities = cols.strings("entity_id", rows)
+        entities = column_at(cols.frame, "entity_id", rows)
         index: dict[str, int] = {}
         codes = np.fromiter(
             (index.setdefault(e, len(index)) for e in entities), np.int64, rows.size
@@ -603,13 +603,6 @@ class _Columns:
     def end(self) -> np.ndarray:
         return _micros(self.frame.get_column("window_end"))
 
-    def strings(self, name: str, rows: np.ndarray) -> list:
-        """Column ``name`` at ``rows`` (ascending, distinct), as a list."""
-        col = self.frame.get_column(name)
-        if rows.size and int(rows[-1]) - int(rows[0]) + 1 == rows.size:  # a slice
-            return col.slice(int(rows[0]), rows.size).to_list()
-        return col.gather(rows).to_list()
-
     def take(self, names: list[str], rows: list[int]) -> list[tuple]:
         """Columns ``names`` at ``rows`` (in that order), as tuples."""
         if not rows:
@@ -693,8 +686,3 @@ def _worse(rule: Rule, peak: float, value: float) -> float:
     low, high = rule.variants[0].span(next(iter(rule.levels)), "outside")
     middle = (low + high) / 2
     return value if abs(value - middle) > abs(peak - middle) else peak
-
-
-def _nulls_first(h: tuple) -> tuple:
-    """The order of a row in trouble: indicator, rule, entity (null first), then the rest."""
-    return (h[0], h[1], h[2] is not None, h[2] or "", *h[3:])

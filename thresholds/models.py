@@ -73,6 +73,7 @@ from indicators.definitions import (
     HalfSpaceTreesModel,
     QuantileModel,
 )
+from thresholds.batch import column_at, indicator_runs, null_first
 
 __all__ = ["EwmScores", "RiverScores", "Scorer", "z_score"]
 
@@ -302,15 +303,10 @@ class Scorer:
         """
         if not values.height:
             return values.clear()
-        runs = values.get_column("indicator_id").rle().struct.unnest()
-        ends = np.cumsum(runs.get_column("len").to_numpy())
+        names, lengths = indicator_runs(values)
+        ends = np.cumsum(lengths)
         spans: dict[str, list[np.ndarray]] = {}  # each indicator a model reads: its rows
-        for name, start, end in zip(
-            runs.get_column("value").to_list(),
-            (ends - runs.get_column("len").to_numpy()).tolist(),
-            ends.tolist(),
-            strict=True,
-        ):
+        for name, start, end in zip(names, (ends - lengths).tolist(), ends.tolist(), strict=True):
             if name in self._read:
                 spans.setdefault(name, []).append(np.arange(start, end))
         if not spans:
@@ -411,8 +407,8 @@ class _Batch:
         spans = self.spans[indicator]
         rows = spans[0] if len(spans) == 1 else np.concatenate(spans)
         rows = rows[~np.isnan(self.value[rows])]
-        entities = self._strings("entity_id", rows)
-        names = sorted(set(entities), key=_nulls_first)
+        entities = column_at(self.values, "entity_id", rows)
+        names = sorted(set(entities), key=null_first)
         rank = {e: i for i, e in enumerate(names)}
         codes = np.fromiter((rank[e] for e in entities), np.int64, len(entities))
         order = np.lexsort((self.start[rows], codes))
@@ -433,13 +429,3 @@ class _Batch:
         return self.values[rows].hstack(
             [pl.Series("_round", rounds, dtype=pl.Int64), pl.Series("_i", rows, dtype=pl.Int64)]
         )
-
-    def _strings(self, name: str, rows: np.ndarray) -> list:
-        col = self.values.get_column(name)
-        if len(rows) and int(rows[-1]) - int(rows[0]) + 1 == len(rows):  # a slice
-            return col.slice(int(rows[0]), len(rows)).to_list()
-        return col.gather(rows).to_list()
-
-
-def _nulls_first(entity: str | None) -> tuple[bool, str]:
-    return entity is not None, entity or ""
