@@ -80,8 +80,18 @@ def _admin(kafka: KafkaConfig) -> AdminClient:
 
 def topic_partitions(kafka: KafkaConfig, topic: str) -> list[int]:
     """The partition ids of ``topic``; a clear error if it does not exist."""
+    return _partitions_of(kafka, [topic])[topic]
+
+
+def _partitions_of(kafka: KafkaConfig, topics: list[str]) -> dict[str, list[int]]:
+    """The partition ids of each of ``topics``, asked through one client."""
+    admin = _admin(kafka)
+    return {topic: _partitions(admin, kafka, topic) for topic in topics}
+
+
+def _partitions(admin: AdminClient, kafka: KafkaConfig, topic: str) -> list[int]:
     try:
-        meta = _admin(kafka).list_topics(topic, timeout=_TIMEOUT)
+        meta = admin.list_topics(topic, timeout=_TIMEOUT)
     except KafkaException as exc:
         raise KafkaIOError(
             f"cannot reach Kafka at {kafka.bootstrap_servers!r} to list topic {topic!r}: {exc}"
@@ -171,14 +181,37 @@ def _reader(kafka: KafkaConfig, group: str) -> Consumer:
 # -- source ---------------------------------------------------------------------------
 
 
+def _watermarks(kafka: KafkaConfig, parts: dict[str, list[int]]) -> dict[str, tuple[int, int]]:
+    """(low, high) offsets of each partition of ``parts`` (partition ids by topic), by name."""
+    consumer = _reader(kafka, "cityvitals-offsets")
+    try:
+        return {
+            partition_key(topic, p): consumer.get_watermark_offsets(
+                TopicPartition(topic, p), timeout=_TIMEOUT
+            )
+            for topic, ids in parts.items()
+            for p in ids
+        }
+    finally:
+        consumer.close()
+
+
 class _InputPartition(StatefulSourcePartition[RawBatch, int]):
-    def __init__(self, kafka: KafkaConfig, topic: str, partition: int, resume: int | None):
+    def __init__(
+        self,
+        kafka: KafkaConfig,
+        topic: str,
+        partition: int,
+        resume: int | None,
+        bounds: tuple[int, int] | None = None,
+    ):
+        """``bounds``: the partition's (low, high) offsets if known, else asked for here."""
         self._topic = topic
         self._partition = partition
         self._max_poll = kafka.max_poll
         self._consumer = _reader(kafka, "cityvitals")
         tp = TopicPartition(topic, partition)
-        low, high = self._consumer.get_watermark_offsets(tp, timeout=_TIMEOUT)
+        low, high = bounds or self._consumer.get_watermark_offsets(tp, timeout=_TIMEOUT)
         start = low if kafka.starting_offset == "earliest" else high
         self._next = resume if resume is not None else start
         self._end = high if kafka.stop_at_end else None
@@ -199,7 +232,7 @@ class _InputPartition(StatefulSourcePartition[RawBatch, int]):
                 return [RawBatch(self._topic, self._partition, self._next, [], ended=True)]
             raise StopIteration
         lines, offsets = [], []
-        for msg in self._consumer.consume(self._max_poll, 0.01):
+        for msg in self._consumer.consume(self._max_poll, 0):
             err = msg.error()
             if err is None:
                 lines.append(msg.value() or b"")
@@ -258,23 +291,24 @@ class KafkaInput(FixedPartitionedSource[RawBatch, int]):
     """Every partition of the input topics, as batches of raw records.
 
     Partition names are ``<topic>#<partition>`` (see
-    :func:`schemas.decode.partition_key`).
+    :func:`schemas.decode.partition_key`). Listing them also asks for their
+    offsets, over one connection; the partitions built next start from those
+    (not one connection each, which made starting with many partitions slow).
     """
 
     def __init__(self, kafka: KafkaConfig, topics: list[str] | None = None) -> None:
         self.kafka = kafka
         self.topics = topics if topics is not None else list(kafka.topics.inputs.values())
+        self._bounds: dict[str, tuple[int, int]] = {}  # by partition name, from list_parts
 
     def list_parts(self) -> list[str]:
-        return [
-            partition_key(topic, p)
-            for topic in self.topics
-            for p in topic_partitions(self.kafka, topic)
-        ]
+        self._bounds = _watermarks(self.kafka, _partitions_of(self.kafka, self.topics))
+        return list(self._bounds)
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None):
         topic, partition = for_part.rsplit("#", 1)
-        part = _InputPartition(self.kafka, topic, int(partition), resume_state)
+        bounds = self._bounds.pop(for_part, None)  # once: a rebuilt part asks afresh
+        part = _InputPartition(self.kafka, topic, int(partition), resume_state, bounds)
         log.info(
             "partition assigned",
             extra={
