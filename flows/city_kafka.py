@@ -41,15 +41,18 @@ __all__ = ["STATE_FILE", "build_kafka_flow"]
 log = logging.getLogger("cityvitals.flow")
 
 
-def build_kafka_flow(config: FlowConfig) -> Dataflow:
-    """The Kafka flow for ``config``: input topics must exist, outputs are created if allowed."""
+def build_kafka_flow(config: FlowConfig, source: KafkaInput | None = None) -> Dataflow:
+    """The Kafka flow for ``config``: input topics must exist, outputs are created if allowed.
+
+    ``source``: the input (default: every input topic of ``config.kafka``).
+    """
     kafka = config.kafka
     outputs = [kafka.topics.breaches, kafka.topics.deadletter]
     if kafka.topics.indicators:
         outputs.append(kafka.topics.indicators)
     if kafka.create_topics:
         ensure_topics(kafka, outputs, kafka.output_partitions)
-    return build(KafkaInput(kafka), config.pipeline, kafka=kafka)
+    return build(source or KafkaInput(kafka), config.pipeline, kafka=kafka)
 
 
 def _start(environ, argv) -> Dataflow:

@@ -52,7 +52,12 @@ def test_bench_with_a_broker_reads_every_event_through_kafka(kafka_bootstrap, tm
     assert kafka["source"]["events"] == 3000
     assert report["kafka_flow_events_per_s"] > 0
     assert report["kafka_source_events_per_s"] > report["kafka_flow_events_per_s"]
+    assert 0 < kafka["startup_s"] < kafka["seconds"]  # the first record came in the run
+    assert report["kafka_flow_startup_s"] == kafka["startup_s"]
+    running = 3000 / (kafka["seconds"] - kafka["startup_s"])
+    assert report["kafka_flow_running_events_per_s"] == pytest.approx(running)
     assert "its Kafka source alone" in result.output
+    assert f"after {kafka['startup_s']:.2f} s of start-up" in result.output
 
 
 def test_sizes_report_time_per_event_and_memory_per_device():
