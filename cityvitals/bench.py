@@ -50,6 +50,7 @@ from pathlib import Path
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from flows import collector
 from flows.kafka_io import KafkaInput
 from schemas.decode import RawBatch, partition_key
 
@@ -343,9 +344,10 @@ def _write_child(path: str, events: int, devices: int, seed: int) -> int:
 
 
 def _in_child(fn: Callable[..., dict], *args) -> dict:
-    """``fn(*args)`` in a fresh spawned process: its own interpreter, its own peak RSS."""
+    """``fn(*args)`` in a fresh spawned process: its own interpreter, its own peak RSS, and
+    the garbage collector's thresholds of a flow process (:func:`flows.collector.tune`)."""
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=collector.tune) as pool:
         return pool.submit(fn, *args).result()
 
 

@@ -37,10 +37,11 @@ def _config(**settings):
 def _run_flow(source, config) -> float:
     from bytewax.testing import run_main
 
-    from flows import shutdown
+    from flows import collector, shutdown
     from flows.city import build
 
     shutdown.install()  # SIGTERM: stop reading, flush the lake sinks, exit 0
+    collector.tune()
     started = time.perf_counter()
     run_main(build(source, config))
     return time.perf_counter() - started

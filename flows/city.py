@@ -26,7 +26,7 @@ from bytewax.operators import StatefulBatchLogic, StatefulLogic
 
 from cityvitals.lake import Lake
 from cityvitals.yamlconf import ConfigError
-from flows import metrics, shutdown
+from flows import collector, metrics, shutdown
 from flows.config import KafkaConfig, PipelineConfig, cluster_workers, recovery_requested
 from flows.kafka_io import KafkaOutput, write_mark
 from flows.sinks import ParquetSink
@@ -605,4 +605,5 @@ def __getattr__(name: str):
     workers = cluster_workers(sys.argv, os.environ)
     shards = settle_shards(config.out, None, workers, config.recovery)
     config = config.model_copy(update={"shards": shards})
+    collector.tune()
     return build(JsonLinesSource(path, config.batch_size), config)

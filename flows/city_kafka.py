@@ -25,7 +25,7 @@ import sys
 from bytewax.dataflow import Dataflow
 
 from cityvitals.yamlconf import ConfigError
-from flows import logs, metrics, shutdown
+from flows import collector, logs, metrics, shutdown
 from flows.city import STATE_FILE, build, settle_shards
 from flows.config import (
     FlowConfig,
@@ -76,6 +76,7 @@ def _start(environ, argv) -> Dataflow:
             workers - shards,
         )
     shutdown.install()
+    collector.tune()
     metrics.serve(config.metrics, process)
     atexit.register(_stopped, process)
     return build_kafka_flow(config)
