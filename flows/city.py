@@ -108,8 +108,20 @@ class ShardItem:
     ingested_at: float | None = None
 
 
+def _decode(decoder: Decoder):
+    """Every batch an activation brings, decoded as one (:meth:`Decoder.decode_all`)."""
+
+    def decode(batches: list[RawBatch]) -> list[tuple[str, tuple[RawBatch, Decoded]]]:
+        return [
+            (batch.key, (batch, decoded))
+            for batch, decoded in zip(batches, decoder.decode_all(batches), strict=True)
+        ]
+
+    return decode
+
+
 class _Ingest:
-    """Decode, set late events aside, and pre-aggregate: one partition's step."""
+    """Set late events aside and pre-aggregate: one partition's step."""
 
     def __init__(self, decoder: Decoder, catalog: Catalog, config: PipelineConfig) -> None:
         self.decoder = decoder
@@ -117,9 +129,10 @@ class _Ingest:
         self.config = config
         self._aggregator = Aggregator(catalog)
 
-    def __call__(self, clock: PartitionClock | None, batch: RawBatch):
+    def __call__(self, clock: PartitionClock | None, item: tuple[RawBatch, Decoded]):
+        batch, decoded = item
         clock = clock or PartitionClock(self.config.allowed_lateness)
-        decoded = clock.set_aside_late(self.decoder.decode(batch), self.decoder.now())
+        decoded = clock.set_aside_late(decoded, self.decoder.now())
         metrics.observe_batch(decoded.frames, decoded.dead["reason"])
         if batch.idle_until is not None:  # an idle partition must not hold windows open
             clock.observe(int(batch.idle_until.timestamp() * 1_000_000))
@@ -403,9 +416,9 @@ def build(
     flow = Dataflow("cityvitals")
     raw = op.input("read", flow, source)
     # RawBatch: lines of one source partition
-    keyed = op.key_on("by_partition", raw, lambda b: b.key)
-    # (partition, RawBatch)
-    ingested = op.stateful_map("ingest", keyed, _Ingest(decoder, catalog, config))
+    decoded = op.flat_map_batch("decode", raw, _decode(decoder))
+    # (partition, (RawBatch, Decoded)): valid frames and dead letters, all batches at once
+    ingested = op.stateful_map("ingest", decoded, _Ingest(decoder, catalog, config))
     # (partition, Ingested): valid frames, dead letters, partials per shard, watermark
     dead = op.filter_map("dead", ingested, _dead)
     # (partition, pl.DataFrame of dead letters)

@@ -105,7 +105,12 @@ def test_bytewax_run_entry_point(tmp_path):
 def test_an_idleness_tick_moves_the_partition_watermark_and_later_older_events_are_late():
     now = datetime(2026, 5, 12, 7, 0, tzinfo=UTC)
     config = PipelineConfig(allowed_lateness=timedelta(seconds=30))
-    ingest = _Ingest(Decoder(now=lambda: now), load_catalog(), config)
+    decoder = Decoder(now=lambda: now)
+    step = _Ingest(decoder, load_catalog(), config)
+
+    def ingest(clock, batch):
+        return step(clock, (batch, decoder.decode(batch)))
+
     clock, first = ingest(None, RawBatch("p", 0, 0, [_reading("2026-05-12T06:00:00Z", 20.0)]))
     assert first.watermark_us == int(datetime(2026, 5, 12, 5, 59, 30, tzinfo=UTC).timestamp() * 1e6)
 
