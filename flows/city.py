@@ -108,16 +108,40 @@ class ShardItem:
     ingested_at: float | None = None
 
 
-def _decode(decoder: Decoder):
-    """Every batch an activation brings, decoded as one (:meth:`Decoder.decode_all`)."""
+def _decode(decoder: Decoder, most_lines: int):
+    """The batches an activation brings, decoded together (:meth:`Decoder.decode_all`) in
+    runs of up to ``most_lines`` lines (a larger batch alone), to bound the memory."""
 
     def decode(batches: list[RawBatch]) -> list[tuple[str, tuple[RawBatch, Decoded]]]:
-        return [
-            (batch.key, (batch, decoded))
-            for batch, decoded in zip(batches, decoder.decode_all(batches), strict=True)
-        ]
+        out = []
+        for run in _runs_of(batches, most_lines):
+            out += [
+                (batch.key, (batch, decoded))
+                for batch, decoded in zip(run, decoder.decode_all(run), strict=True)
+            ]
+        return out
 
     return decode
+
+
+def _runs_of(batches: list[RawBatch], most_lines: int) -> list[list[RawBatch]]:
+    """``batches`` in order, cut into runs of at most ``most_lines`` lines (or one batch).
+
+    >>> sizes = lambda runs: [[len(b.lines) for b in run] for run in runs]
+    >>> sizes(_runs_of([RawBatch("t", p, 0, [b"x"] * n) for p, n in enumerate([3, 4, 9, 0, 2])], 8))
+    [[3, 4], [9], [0, 2]]
+    >>> sizes(_runs_of([RawBatch("t", p, 0, [b"x"] * n) for p, n in enumerate([0, 8, 1])], 8))
+    [[0, 8], [1]]
+    """
+    runs: list[list[RawBatch]] = []
+    lines = 0
+    for batch in batches:
+        if not runs or lines + len(batch.lines) > most_lines:
+            runs.append([])
+            lines = 0
+        runs[-1].append(batch)
+        lines += len(batch.lines)
+    return runs
 
 
 class _Ingest:
@@ -416,7 +440,7 @@ def build(
     flow = Dataflow("cityvitals")
     raw = op.input("read", flow, source)
     # RawBatch: lines of one source partition
-    decoded = op.flat_map_batch("decode", raw, _decode(decoder))
+    decoded = op.flat_map_batch("decode", raw, _decode(decoder, config.batch_size))
     # (partition, (RawBatch, Decoded)): valid frames and dead letters, all batches at once
     ingested = op.stateful_map("ingest", decoded, _Ingest(decoder, catalog, config))
     # (partition, Ingested): valid frames, dead letters, partials per shard, watermark
