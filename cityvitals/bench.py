@@ -51,7 +51,6 @@ import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from flows import collector
-from flows.kafka_io import KafkaInput
 from schemas.decode import RawBatch, partition_key
 
 __all__ = [
@@ -357,11 +356,11 @@ def _rate(result: dict | None) -> float | None:
     return result["events"] / result["seconds"]
 
 
-def _running_rate(result: dict | None) -> float | None:
-    """Events per second once the flow read its first record (start-up left out)."""
+def _running(result: dict | None) -> dict | None:
+    """``result`` with its start-up left out of its seconds; None without a start-up."""
     if not result or result.get("startup_s") is None:
         return None
-    return _rate({**result, "seconds": result["seconds"] - result["startup_s"]})
+    return {**result, "seconds": result["seconds"] - result["startup_s"]}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -433,7 +432,7 @@ def run_bench(settings: BenchSettings, say: Callable[[str], None] = print) -> di
         "kafka_publish_events_per_s": (results["kafka"] or {}).get("publish_events_per_s"),
         "kafka_source_events_per_s": _rate((results["kafka"] or {}).get("source")),
         "kafka_flow_startup_s": (results["kafka"] or {}).get("startup_s"),
-        "kafka_flow_running_events_per_s": _running_rate(results["kafka"]),
+        "kafka_flow_running_events_per_s": _rate(_running(results["kafka"])),
         "p50_latency_ms": lat["p50_ms"],
         "p99_latency_ms": lat["p99_ms"],
         "latency_rate_events_per_s": rate,
@@ -514,11 +513,38 @@ def _kafka_child(kafka) -> dict:
 
     from flows.city_kafka import build_kafka_flow
     from flows.config import FlowConfig, PipelineConfig
+    from flows.kafka_io import KafkaInput
+
+    first_read: list[float] = []
+
+    class FirstRead(StatefulSourcePartition):
+        """A partition of the flow's source, noting when any partition first gave records."""
+
+        def __init__(self, part: StatefulSourcePartition) -> None:
+            self._part = part
+
+        def next_batch(self) -> list[RawBatch]:
+            batches = self._part.next_batch()
+            if not first_read and any(b.lines for b in batches):
+                first_read.append(time.perf_counter())
+            return batches
+
+        def next_awake(self):
+            return self._part.next_awake()
+
+        def snapshot(self):
+            return self._part.snapshot()
+
+        def close(self) -> None:
+            self._part.close()
+
+    class Source(KafkaInput):
+        def build_part(self, step_id, for_part, resume_state):
+            return FirstRead(super().build_part(step_id, for_part, resume_state))
 
     with tempfile.TemporaryDirectory(prefix="cityvitals-bench-kafka-") as out:
-        source = _FirstReadInput(kafka)
         config = FlowConfig(pipeline=PipelineConfig(out=Path(out)), kafka=kafka)
-        flow = build_kafka_flow(config, source)
+        flow = build_kafka_flow(config, Source(kafka))
         started = time.perf_counter()
         run_main(flow)
         seconds = time.perf_counter() - started
@@ -526,27 +552,8 @@ def _kafka_child(kafka) -> dict:
 
         con = Lake(out).connect()
         events = con.execute("SELECT coalesce(sum(events_in), 0) FROM ingest_batches").fetchone()[0]
-    startup = None if source.first_read is None else source.first_read - started
+    startup = first_read[0] - started if first_read else None
     return {"events": int(events), "seconds": seconds, "startup_s": startup, "rss_mb": _rss_mb()}
-
-
-class _FirstReadInput(KafkaInput):
-    """:class:`~flows.kafka_io.KafkaInput` noting when any partition first gave records."""
-
-    first_read: float | None = None
-
-    def build_part(self, step_id, for_part, resume_state):
-        part = super().build_part(step_id, for_part, resume_state)
-        read = part.next_batch
-
-        def next_batch() -> list[RawBatch]:
-            batches = read()
-            if self.first_read is None and any(b.lines for b in batches):
-                self.first_read = time.perf_counter()
-            return batches
-
-        part.next_batch = next_batch
-        return part
 
 
 # ------------------------------------------------------------------ latency at a steady rate
@@ -762,8 +769,7 @@ def print_report(report: dict, echo: Callable[[str], None] = print) -> None:
             echo(f"{name:<34}{'—':>12}{'—':>10}{'—':>13}")
             continue
         rows = [(name, r)]
-        if r.get("startup_s") is not None:
-            running = {**r, "seconds": r["seconds"] - r["startup_s"]}
+        if (running := _running(r)) is not None:
             rows.append((f"  after {r['startup_s']:.2f} s of start-up", running))
         if r.get("source"):
             rows.append(("  its Kafka source alone", r["source"]))

@@ -110,7 +110,11 @@ class ShardItem:
 
 def _decode(decoder: Decoder, most_lines: int):
     """The batches an activation brings, decoded together (:meth:`Decoder.decode_all`) in
-    runs of up to ``most_lines`` lines (a larger batch alone), to bound the memory."""
+    runs of up to ``most_lines`` lines (a larger batch alone), to bound the memory.
+
+    This runs on the worker that read the batches, before ``ingest`` routes each by its
+    partition: in a cluster of several processes a batch whose partition is another
+    process's crosses pickled with its frames (about twice its lines' bytes)."""
 
     def decode(batches: list[RawBatch]) -> list[tuple[str, tuple[RawBatch, Decoded]]]:
         out = []

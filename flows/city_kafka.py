@@ -52,7 +52,8 @@ def build_kafka_flow(config: FlowConfig, source: KafkaInput | None = None) -> Da
         outputs.append(kafka.topics.indicators)
     if kafka.create_topics:
         ensure_topics(kafka, outputs, kafka.output_partitions)
-    return build(source or KafkaInput(kafka), config.pipeline, kafka=kafka)
+    source = source if source is not None else KafkaInput(kafka)
+    return build(source, config.pipeline, kafka=kafka)
 
 
 def _start(environ, argv) -> Dataflow:

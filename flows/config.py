@@ -78,7 +78,10 @@ class PipelineConfig(BaseModel):
         default=DEFAULT_BATCH_SIZE,
         ge=1,
         le=1_000_000,
-        description="Lines per batch read from a file (Kafka: kafka.max_poll per partition).",
+        description=(
+            "Lines per batch read from a file (Kafka: kafka.max_poll per partition), and the "
+            "most lines decoded together."
+        ),
     )
     allowed_lateness: Duration = Field(
         default=timedelta(seconds=30),

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -182,18 +183,26 @@ def _reader(kafka: KafkaConfig, group: str) -> Consumer:
 
 
 def _watermarks(kafka: KafkaConfig, parts: dict[str, list[int]]) -> dict[str, tuple[int, int]]:
-    """(low, high) offsets of each partition of ``parts`` (partition ids by topic), by name."""
+    """(low, high) offsets of each partition of ``parts`` (partition ids by topic), by name,
+    asked over one connection."""
     consumer = _reader(kafka, "cityvitals-offsets")
+    bounds = {}
     try:
-        return {
-            partition_key(topic, p): consumer.get_watermark_offsets(
-                TopicPartition(topic, p), timeout=_TIMEOUT
-            )
-            for topic, ids in parts.items()
-            for p in ids
-        }
+        for topic, ids in parts.items():
+            for p in ids:
+                try:
+                    tp = TopicPartition(topic, p)
+                    bounds[partition_key(topic, p)] = consumer.get_watermark_offsets(
+                        tp, timeout=_TIMEOUT
+                    )
+                except KafkaException as exc:
+                    raise KafkaIOError(
+                        f"cannot read the offsets of {topic}[{p}] at "
+                        f"{kafka.bootstrap_servers}: {reason_of(exc)}"
+                    ) from None
     finally:
         consumer.close()
+    return bounds
 
 
 class _InputPartition(StatefulSourcePartition[RawBatch, int]):
@@ -291,23 +300,31 @@ class KafkaInput(FixedPartitionedSource[RawBatch, int]):
     """Every partition of the input topics, as batches of raw records.
 
     Partition names are ``<topic>#<partition>`` (see
-    :func:`schemas.decode.partition_key`). Listing them also asks for their
-    offsets, over one connection; the partitions built next start from those
-    (not one connection each, which made starting with many partitions slow).
+    :func:`schemas.decode.partition_key`). The offsets the partitions start
+    from are asked for over one connection, once per process and listing, when
+    the first of them is built (not over a connection of each partition's own,
+    which made starting with many partitions slow).
     """
 
     def __init__(self, kafka: KafkaConfig, topics: list[str] | None = None) -> None:
         self.kafka = kafka
         self.topics = topics if topics is not None else list(kafka.topics.inputs.values())
-        self._bounds: dict[str, tuple[int, int]] = {}  # by partition name, from list_parts
+        self._lock = threading.Lock()  # the workers of a process share this source
+        self._listed: dict[str, list[int]] = {}  # partition ids by topic, from list_parts
+        self._bounds: dict[str, tuple[int, int]] | None = None  # by name; None: not asked yet
 
     def list_parts(self) -> list[str]:
-        self._bounds = _watermarks(self.kafka, _partitions_of(self.kafka, self.topics))
-        return list(self._bounds)
+        listed = _partitions_of(self.kafka, self.topics)
+        with self._lock:  # every worker lists at the start of a run: offsets asked afresh
+            self._listed, self._bounds = listed, None
+        return [partition_key(topic, p) for topic, ids in listed.items() for p in ids]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None):
         topic, partition = for_part.rsplit("#", 1)
-        bounds = self._bounds.pop(for_part, None)  # once: a rebuilt part asks afresh
+        with self._lock:
+            if self._bounds is None:
+                self._bounds = _watermarks(self.kafka, self._listed)
+            bounds = self._bounds.pop(for_part, None)  # None, if not listed: it asks itself
         part = _InputPartition(self.kafka, topic, int(partition), resume_state, bounds)
         log.info(
             "partition assigned",
