@@ -451,7 +451,10 @@ class Decoder:
         >>> (a.valid, a.dead["offset"].to_list()), (b.valid, b.dead.height)
         ((1, [6]), (1, 0))
         """
-        lines = [line for batch in batches for line in batch.lines]
+        if len(batches) == 1:
+            lines = batches[0].lines
+        else:
+            lines = [line for batch in batches for line in batch.lines]
         starts = np.cumsum([0, *(len(batch.lines) for batch in batches)])
         now = self.now()
         bad: list[tuple[int, str, str]] = []
