@@ -646,5 +646,6 @@ def __getattr__(name: str):
     workers = cluster_workers(sys.argv, os.environ)
     shards = settle_shards(config.out, None, workers, config.recovery)
     config = config.model_copy(update={"shards": shards})
+    shutdown.install()  # SIGTERM: stop reading, flush the lake sinks, exit 0
     collector.tune()
     return build(JsonLinesSource(path, config.batch_size), config)

@@ -16,7 +16,11 @@ from flows import shutdown
 from flows.config import DEFAULT_BATCH_SIZE
 from schemas.decode import RawBatch, partition_key
 
-__all__ = ["BatchIteratorSource", "JsonLinesSource"]
+__all__ = ["BatchIteratorSource", "JsonLinesSource", "SourceError"]
+
+
+class SourceError(RuntimeError):
+    """A source cannot be read as asked."""
 
 
 class _FilePartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
@@ -25,17 +29,23 @@ class _FilePartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
         self._batch_size = batch_size
         self._file = path.open("rb")
         self._byte, self._line = resume or (0, 0)
-        self._file.seek(self._byte)
+        if self._byte:
+            if not self._file.seekable():
+                self._file.close()
+                raise SourceError(
+                    f"cannot resume {path} at byte {self._byte}: it is not seekable (a pipe?)"
+                )
+            self._file.seek(self._byte)
 
     def next_batch(self) -> list[RawBatch]:
         if shutdown.requested():  # SIGTERM: stop reading, let the sinks flush
             raise StopIteration
-        lines = [line.rstrip(b"\r\n") for line in islice(self._file, self._batch_size)]
-        if not lines:
+        raw = list(islice(self._file, self._batch_size))
+        if not raw:
             raise StopIteration
-        batch = RawBatch(str(self._path), 0, self._line, lines)
-        self._line += len(lines)
-        self._byte = self._file.tell()
+        batch = RawBatch(str(self._path), 0, self._line, [line.rstrip(b"\r\n") for line in raw])
+        self._line += len(raw)
+        self._byte += sum(map(len, raw))  # counted, not told: a pipe has no position
         return [batch]
 
     def snapshot(self) -> tuple[int, int]:
@@ -50,6 +60,8 @@ class JsonLinesSource(FixedPartitionedSource[RawBatch, tuple[int, int]]):
 
     Offsets in dead letters are 0-based line numbers. The resume state is
     (byte offset, line number), so a recovered run continues where it was.
+    ``path`` may also be a pipe (a FIFO, ``/dev/stdin``), which is read to its end
+    but cannot be resumed.
     """
 
     def __init__(self, path: Path | str, batch_size: int = DEFAULT_BATCH_SIZE) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -190,3 +191,40 @@ def test_an_empty_snapshot_stops_the_resume_instead_of_starting_fresh():
     with pytest.raises(EmptySnapshotError, match="windows: the recovery store holds an empty"):
         _restore(b"", load_catalog(), ["p0"])
     assert _restore(None, load_catalog(), ["p0"]).partitions == ["p0"]
+
+
+def test_bytewax_run_entry_point_stops_cleanly_on_sigterm(tmp_path):
+    """SIGTERM ends the file flow as ``cityvitals run``'s: what was read is written, open
+    windows stay open (no end-of-input flush), and the process exits 0.
+
+    The input is a FIFO held open by the test, so the flow cannot reach its end before the
+    signal: it has read every line written and waits for more when SIGTERM comes.
+    """
+    path = tmp_path / "in.jsonl"
+    n = write_jsonl(Scenario(devices=200, minutes=60, seed=2), path)
+    whole = _run(path, tmp_path / "whole")  # the same input to its end, in process
+    fifo = tmp_path / "in.fifo"
+    os.mkfifo(fifo)
+    out = tmp_path / "out"
+    env = {**os.environ, "CITYVITALS_INPUT": str(fifo), "CITYVITALS_OUT": str(out)}
+    log = tmp_path / "flow.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bytewax.run", "flows.city"],
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        with fifo.open("wb") as writer:  # opens once the flow opened it: handlers are set
+            writer.write(path.read_bytes())
+            writer.flush()
+            proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lake = Lake(out)
+    assert lake.connect().execute("SELECT sum(events_in) FROM ingest_batches").fetchone()[0] == n
+    count = "SELECT count(*) FROM indicator_values"
+    stopped, ended = lake.connect().execute(count).fetchone()[0], whole.connect().execute(count)
+    assert 0 < stopped < ended.fetchone()[0]  # the windows still open were not flushed

@@ -24,11 +24,17 @@ def test_tune_sets_the_thresholds_and_returns_the_old_ones(default_thresholds):
 
 
 def test_the_file_flow_for_bytewax_run_tunes_its_process(default_thresholds, tmp_path, monkeypatch):
+    import signal
+
     import flows.city
 
     path = tmp_path / "in.jsonl"
     path.write_bytes(b"")
     monkeypatch.setenv("CITYVITALS_INPUT", str(path))
     monkeypatch.setenv("CITYVITALS_OUT", str(tmp_path / "out"))
-    assert flows.city.flow is not None
+    sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        assert flows.city.flow is not None
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)  # the flow's own stop, not the test session's
     assert gc.get_threshold() == collector.THRESHOLDS
