@@ -98,10 +98,39 @@ class OnlineRate(Population):
         super().__init__(d)
         self.devices = devices
         self._parts: list[pl.DataFrame] = []
+        self._rows = 0  # in the parts
+        self._compacted = 0  # rows the last compaction left
+        self._closed_us: int | None = None  # the windows starting before this are closed
         self._known = pl.DataFrame(schema=_KNOWN)
+
+    def __setstate__(self, state: dict) -> None:
+        """A snapshot of a state from before compaction (no row counts) restores too."""
+        state.setdefault("_rows", sum(p.height for p in state["_parts"]))
+        state.setdefault("_compacted", 0)
+        state.setdefault("_closed_us", None)
+        self.__dict__.update(state)
 
     def _keep(self, part: pl.DataFrame) -> None:
         self._parts.append(part)
+        self._rows += part.height
+        if len(self._parts) > 1 and self._rows > max(_COMPACT_ROWS, 2 * self._compacted):
+            self._compact()
+
+    def _compact(self) -> None:
+        """The kept rows as one part, with a row per device, entity and open window: its
+        latest heartbeat and latest device type in the order they came, all a close reads
+        of them (see :func:`_stretches`). A device heard in every batch of a long window
+        was a row per batch; the rows of closed windows go too. Run when the rows have
+        doubled since the last time, so the work stays in proportion to the rows kept.
+        """
+        rows = pl.concat(self._parts, how="vertical_relaxed")
+        if self._closed_us is not None:
+            rows = rows.filter(pl.col("window_start") >= self._closed_us)
+        rows = rows.group_by("entity_id", "window_start", "device").agg(
+            pl.col("t").max(), pl.col("device_type").last()
+        )
+        self._parts = [rows] if rows.height else []
+        self._rows = self._compacted = rows.height
 
     def _close_windows(self, start: int, count: int) -> pl.DataFrame | None:
         w = self.d.window_us
@@ -119,6 +148,8 @@ class OnlineRate(Population):
             rows = pl.concat([rows, heard])
         s = _stretches(rows, count)
         self._parts = [p for p in self._parts if p.get_column("window_start").max() >= stop]
+        self._rows = sum(p.height for p in self._parts)
+        self._closed_us = stop
         if s is None:
             return None
         # Known at the end of window i while last + forget_after >= start + (i + 1) * w,
@@ -240,6 +271,8 @@ _STRETCH = ("g", "j", "last", "allow", "entity")
 
 #: At most this many (entity, window) counts at a time when closing many windows.
 _CELLS = 1 << 20
+#: An online rate's kept rows are compacted from this many on (see ``OnlineRate._compact``).
+_COMPACT_ROWS = 100_000
 
 #: What an online rate keeps per known device of an entity.
 _KNOWN = pl.Schema(

@@ -210,6 +210,36 @@ def test_online_rate_catching_up_on_many_windows_counts_them_in_blocks(monkeypat
     assert closed(d, parts, lambda i, high: None, end).equals(reference)
 
 
+@pytest.mark.parametrize("seed", [4, 5])
+@pytest.mark.parametrize("when", ["after_every_part", "when_doubled"])
+def test_online_rate_with_its_rows_compacted_is_the_plain_replay(monkeypatch, seed, when):
+    """Kept rows merged into one per device, entity and window (and those of closed
+    windows dropped) close into the same values; a snapshot keeps the state compact."""
+    rng = random.Random(seed)
+    d = CATALOG["device.online_rate_all"]  # keyed by district alone: types mix in a key
+    frame = random_beats(rng, 40, 120)
+    kinds = [rng.choice(KINDS) if rng.random() < 0.3 else k for k in frame["device_type"]]
+    frame = frame.with_columns(device_type=pl.Series(kinds))  # which row is latest matters
+    parts = [partial(d, b) for b in batches(frame, rng)]
+    end = frame["ts"].dt.epoch("us").max() + 1_000_000
+    reference = online_reference(d, parts, end)
+    kept = []
+    compact, keep = OnlineRate._compact, OnlineRate._keep
+
+    def counted(self):
+        compact(self)
+        kept.append(self._rows)
+
+    monkeypatch.setattr(OnlineRate, "_compact", counted)
+    if when == "after_every_part":
+        monkeypatch.setattr(OnlineRate, "_keep", lambda st, part: (keep(st, part), counted(st)))
+    else:
+        monkeypatch.setattr(population, "_COMPACT_ROWS", 50)
+    assert closed(d, parts, random_closes(rng), end).equals(reference)
+    assert kept  # it ran
+    assert max(kept) < sum(p.height for p in parts) / 4  # rows of a few windows, not all
+
+
 def test_online_rate_after_a_silence_longer_than_forget_after_starts_afresh():
     d = CATALOG["device.online_rate"]
     beats = pl.DataFrame(
