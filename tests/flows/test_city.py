@@ -173,13 +173,17 @@ def test_keyed_steps_snapshot_their_state_only_when_the_flow_recovers():
     """Without recovery Bytewax drops every snapshot: pickling a whole shard would be waste."""
     import pickle
 
-    from flows.city import _Windows
+    from flows.city import _restore, _Windows
     from indicators.windows import WindowStore
 
     store = WindowStore(load_catalog(), ["p0"])
     assert _Windows(store, recovery=False).snapshot() == b""
-    restored = pickle.loads(_Windows(store, recovery=True).snapshot())
+    snapshot = _Windows(store, recovery=True).snapshot()
+    restored = _restore(snapshot, load_catalog(), ["p1"])
     assert isinstance(restored, WindowStore) and restored.partitions == ["p0"]
+    plain = pickle.dumps(store, protocol=pickle.HIGHEST_PROTOCOL)
+    assert len(snapshot) < len(plain) / 2  # compressed
+    assert _restore(plain, load_catalog(), ["p1"]).partitions == ["p0"]  # an older snapshot
 
 
 def test_an_empty_snapshot_stops_the_resume_instead_of_starting_fresh():
