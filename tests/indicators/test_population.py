@@ -240,6 +240,25 @@ def test_online_rate_with_its_rows_compacted_is_the_plain_replay(monkeypatch, se
     assert max(kept) < sum(p.height for p in parts) / 4  # rows of a few windows, not all
 
 
+def test_online_rate_from_a_snapshot_taken_before_compaction_closes_the_same():
+    """A snapshot of the last release has no row counts: it restores with them counted."""
+    rng = random.Random(8)
+    d = CATALOG["device.online_rate"]
+    frame = random_beats(rng, 20, 60)
+    parts = [partial(d, b) for b in batches(frame, rng)]
+    end = frame["ts"].dt.epoch("us").max() + 1_000_000
+    state = OnlineRate(d, DEVICES)
+    for part in parts[: len(parts) // 2]:
+        state.add(part)
+    old = {k: v for k, v in vars(state).items() if k not in ("_rows", "_compacted", "_closed_us")}
+    restored = OnlineRate.__new__(OnlineRate)
+    restored.__setstate__(pickle.loads(pickle.dumps(old)))
+    assert restored._rows == sum(p.height for p in restored._parts) > 0
+    for part in parts[len(parts) // 2 :]:
+        restored.add(part)
+    assert restored.close(end).equals(online_reference(d, parts, end))
+
+
 def test_online_rate_after_a_silence_longer_than_forget_after_starts_afresh():
     d = CATALOG["device.online_rate"]
     beats = pl.DataFrame(
