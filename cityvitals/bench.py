@@ -139,6 +139,53 @@ def _read_lines(path: str) -> list[bytes]:
     return Path(path).read_bytes().splitlines()
 
 
+class _Clock:
+    """Wall-clock and CPU seconds of a ``with`` block: ``seconds``; ``cpu_s``, every thread
+    of this process (user and system); ``thread_cpu_s``, the calling thread's alone (the one
+    that runs a Bytewax worker under ``run_main``: its Python and the GIL-held work is
+    there, while Polars and Arrow also spread over pool threads); and ``machine_cpu_s``,
+    every process of the machine (``/proc/stat``; None elsewhere), which counts a local
+    Kafka broker's work too. A report can then tell how many cores an engine kept busy
+    (``cpu_s / seconds``) and how fast it could go with all of them.
+
+    >>> with _Clock() as clock:
+    ...     _ = sum(range(100_000))
+    >>> clock.seconds > 0, clock.cpu_s >= 0
+    (True, True)
+    """
+
+    seconds: float = 0.0
+    cpu_s: float = 0.0
+    thread_cpu_s: float = 0.0
+    machine_cpu_s: float | None = None
+
+    def __enter__(self) -> _Clock:
+        self._machine = _machine_cpu_s()
+        self._cpu = time.process_time()
+        self._thread = time.thread_time()
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.started
+        self.thread_cpu_s = time.thread_time() - self._thread
+        self.cpu_s = time.process_time() - self._cpu
+        machine = _machine_cpu_s()
+        if machine is not None and self._machine is not None:
+            self.machine_cpu_s = machine - self._machine
+
+
+def _machine_cpu_s() -> float | None:
+    """CPU seconds every process of this machine has had since it booted (Linux), hypervisor
+    steal and idle left out; None where ``/proc/stat`` can't tell."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with Path("/proc/stat").open() as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
+        return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+    return None
+
+
 def _rss_mb() -> float:
     """This process's peak resident memory, MiB.
 
@@ -152,6 +199,19 @@ def _rss_mb() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _result(events: int, clock: _Clock, **more: object) -> dict:
+    """An engine's figures: ``events`` in ``clock``'s seconds, its CPU, its peak memory."""
+    return {
+        "events": events,
+        "seconds": clock.seconds,
+        "cpu_s": clock.cpu_s,
+        "thread_cpu_s": clock.thread_cpu_s,
+        "machine_cpu_s": clock.machine_cpu_s,
+        **more,
+        "rss_mb": _rss_mb(),
+    }
 
 
 # ------------------------------------------------------------------ engines (child processes)
@@ -192,19 +252,12 @@ def _flow_child(path: str, batch_size: int, subset_only: bool = False) -> dict:
         config = PipelineConfig(out=Path(out), batch_size=batch_size)
         source = BatchIteratorSource("bench", _chunks(lines, batch_size))
         flow = build(source, config, catalog, rules, risk_points=risk)  # start-up: untimed
-        started = time.perf_counter()
-        run_main(flow)
-        seconds = time.perf_counter() - started
+        with _Clock() as clock:
+            run_main(flow)
         con = Lake(out).connect()
         values = con.execute("SELECT count(*) FROM indicator_values").fetchone()[0]
         breaches = con.execute("SELECT count(*) FROM breaches").fetchone()[0]
-    return {
-        "events": len(lines),
-        "seconds": seconds,
-        "rows": values,
-        "breaches": breaches,
-        "rss_mb": _rss_mb(),
-    }
+    return _result(len(lines), clock, rows=values, breaches=breaches)
 
 
 def _naive_child(path: str, batch_size: int) -> dict:
@@ -217,10 +270,9 @@ def _naive_child(path: str, batch_size: int) -> dict:
     rows: list[dict] = []
     source = BatchIteratorSource("bench", _chunks(lines, batch_size))
     flow = naive.build(source, TestingSink(rows))
-    started = time.perf_counter()
-    run_main(flow)
-    seconds = time.perf_counter() - started
-    return {"events": len(lines), "seconds": seconds, "rows": len(rows), "rss_mb": _rss_mb()}
+    with _Clock() as clock:
+        run_main(flow)
+    return _result(len(lines), clock, rows=len(rows))
 
 
 #: The columns the subset reads, as Polars and DuckDB types.
@@ -324,18 +376,16 @@ def duckdb_aggregates(path: str):
 def _polars_child(path: str) -> dict:
     data = Path(path).read_bytes()
     events = data.count(b"\n")
-    started = time.perf_counter()
-    rows = polars_aggregates(data).height
-    seconds = time.perf_counter() - started
-    return {"events": events, "seconds": seconds, "rows": rows, "rss_mb": _rss_mb()}
+    with _Clock() as clock:
+        rows = polars_aggregates(data).height
+    return _result(events, clock, rows=rows)
 
 
 def _duckdb_child(path: str) -> dict:
     events = Path(path).read_bytes().count(b"\n")
-    started = time.perf_counter()
-    rows = duckdb_aggregates(path).num_rows
-    seconds = time.perf_counter() - started
-    return {"events": events, "seconds": seconds, "rows": rows, "rss_mb": _rss_mb()}
+    with _Clock() as clock:
+        rows = duckdb_aggregates(path).num_rows
+    return _result(events, clock, rows=rows)
 
 
 def _write_child(path: str, events: int, devices: int, seed: int) -> int:
@@ -360,11 +410,30 @@ def _running(result: dict | None) -> dict | None:
     """``result`` with its start-up left out of its seconds; None without a start-up."""
     if not result or result.get("startup_s") is None:
         return None
-    return {**result, "seconds": result["seconds"] - result["startup_s"]}
+    return {
+        **result,
+        "seconds": result["seconds"] - result["startup_s"],
+        "cpu_s": None,
+        "thread_cpu_s": None,
+        "machine_cpu_s": None,
+    }
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
+
+
+def _ceiling(result: dict | None, cpus: int | None, cpu: str = "cpu_s") -> float | None:
+    """The events/s ``result``'s engine would reach with its CPU seconds (``cpu``: its own,
+    or ``machine_cpu_s``, the machine's) spread evenly over ``cpus`` cores and nothing else
+    to wait for: a bound no tuning of how the work is spread can beat, only doing less of it.
+
+    >>> _ceiling({"events": 300_000, "cpu_s": 1.5}, 2)
+    400000.0
+    """
+    if not result or not result.get(cpu) or not cpus:
+        return None
+    return result["events"] * cpus / result[cpu]
 
 
 def host() -> dict:
@@ -441,6 +510,14 @@ def run_bench(settings: BenchSettings, say: Callable[[str], None] = print) -> di
         "latency_tick_s": settings.tick,
         "latency_achieved_events_per_s": lat["achieved_events_per_s"],
         "peak_rss_mb": results["flow"]["rss_mb"],
+        "flow_cpu_s": results["flow"]["cpu_s"],
+        "flow_ceiling_events_per_s": _ceiling(results["flow"], report["host"]["cpus"]),
+        "flow_subset_ceiling_events_per_s": _ceiling(
+            results["flow_subset"], report["host"]["cpus"]
+        ),
+        "kafka_flow_ceiling_events_per_s": _ceiling(
+            results["kafka"], report["host"]["cpus"], "machine_cpu_s"
+        ),
         "flow_vs_naive": None,
         "flow_vs_polars": None,
         "flow_subset_vs_naive": None,
@@ -483,19 +560,18 @@ def _kafka_source_child(kafka) -> dict:
     with the records (the ceiling of the Kafka row on this machine and broker)."""
     from flows.kafka_io import KafkaInput
 
-    started = time.perf_counter()  # consumers made and assigned on the clock, as in the flow
-    source = KafkaInput(kafka)
-    parts = [source.build_part("read", name, None) for name in source.list_parts()]
-    events = 0
-    while parts:
-        for part in list(parts):
-            try:
-                events += sum(len(b.lines) for b in part.next_batch())
-            except StopIteration:
-                part.close()
-                parts.remove(part)
-    seconds = time.perf_counter() - started
-    return {"events": events, "seconds": seconds, "rss_mb": _rss_mb()}
+    with _Clock() as clock:  # consumers made and assigned on the clock, as in the flow
+        source = KafkaInput(kafka)
+        parts = [source.build_part("read", name, None) for name in source.list_parts()]
+        events = 0
+        while parts:
+            for part in list(parts):
+                try:
+                    events += sum(len(b.lines) for b in part.next_batch())
+                except StopIteration:
+                    part.close()
+                    parts.remove(part)
+    return _result(events, clock)
 
 
 def _publish_child(path: str, kafka, batch_size: int) -> float:
@@ -545,15 +621,14 @@ def _kafka_child(kafka) -> dict:
     with tempfile.TemporaryDirectory(prefix="cityvitals-bench-kafka-") as out:
         config = FlowConfig(pipeline=PipelineConfig(out=Path(out)), kafka=kafka)
         flow = build_kafka_flow(config, Source(kafka))
-        started = time.perf_counter()
-        run_main(flow)
-        seconds = time.perf_counter() - started
+        with _Clock() as clock:
+            run_main(flow)
         from cityvitals.lake import Lake
 
         con = Lake(out).connect()
         events = con.execute("SELECT coalesce(sum(events_in), 0) FROM ingest_batches").fetchone()[0]
-    startup = first_read[0] - started if first_read else None
-    return {"events": int(events), "seconds": seconds, "startup_s": startup, "rss_mb": _rss_mb()}
+    startup = first_read[0] - clock.started if first_read else None
+    return _result(int(events), clock, startup_s=startup)
 
 
 # ------------------------------------------------------------------ latency at a steady rate
@@ -596,9 +671,9 @@ def _latency_child(
         config = PipelineConfig(out=Path(out), batch_size=batch_size)
         source = _SteadySource(batches, due, tick, batch_size)
         flow = build(source, config)
-        started = time.perf_counter()
-        run_main(flow)
-        seconds = time.perf_counter() - started
+        with _Clock() as clock:
+            run_main(flow)
+        seconds = clock.seconds
         con = Lake(out).connect()
         rows = con.execute(
             "SELECT epoch_us(event_ts) AS end_us, epoch_us(emitted_at) AS at_us FROM breaches"
@@ -698,10 +773,9 @@ def _file_flow_child(path: str, batch_size: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="cityvitals-bench-size-") as out:
         config = PipelineConfig(out=Path(out), batch_size=batch_size)
         flow = build(JsonLinesSource(path, batch_size), config)
-        started = time.perf_counter()
-        run_main(flow)
-        seconds = time.perf_counter() - started
-    return {"seconds": seconds, "rss_mb": _rss_mb()}
+        with _Clock() as clock:
+            run_main(flow)
+    return {"seconds": clock.seconds, "cpu_s": clock.cpu_s, "rss_mb": _rss_mb()}
 
 
 def run_sizes(
@@ -746,6 +820,10 @@ def _fmt(v: float | None, unit: str = "") -> str:
     return "—" if v is None else f"{v:,.0f}{unit}"
 
 
+def _fmt2(v: float | None) -> str:
+    return "—" if v is None else f"{v:.2f}"
+
+
 def print_report(report: dict, echo: Callable[[str], None] = print) -> None:
     """The report as a table."""
     h = report["host"]
@@ -754,7 +832,10 @@ def print_report(report: dict, echo: Callable[[str], None] = print) -> None:
         f"{report['input_mb']} MB of JSON lines; {h['cpus']} CPUs ({h['cpu_model']}), "
         f"{h['mem_gb']} GB"
     )
-    echo(f"{'engine':<34}{'events/s':>12}{'seconds':>10}{'peak RSS MB':>13}")
+    echo(
+        f"{'engine':<34}{'events/s':>12}{'seconds':>9}{'CPU s':>7}{'main thread s':>15}"
+        f"{'cores busy':>12}{'peak RSS MB':>13}"
+    )
     names = {
         "flow": "city flow (whole catalogue)",
         "flow_subset": "city flow cut to the subset",
@@ -766,7 +847,7 @@ def print_report(report: dict, echo: Callable[[str], None] = print) -> None:
     for key, name in names.items():
         r = report["engines"].get(key)
         if not r:
-            echo(f"{name:<34}{'—':>12}{'—':>10}{'—':>13}")
+            echo(f"{name:<34}{'—':>12}{'—':>9}{'—':>7}{'—':>15}{'—':>12}{'—':>13}")
             continue
         rows = [(name, r)]
         if (running := _running(r)) is not None:
@@ -774,7 +855,12 @@ def print_report(report: dict, echo: Callable[[str], None] = print) -> None:
         if r.get("source"):
             rows.append(("  its Kafka source alone", r["source"]))
         for label, row in rows:
-            echo(f"{label:<34}{_fmt(_rate(row)):>12}{row['seconds']:>10.2f}{row['rss_mb']:>13,.0f}")
+            cpu, main = row.get("cpu_s"), row.get("thread_cpu_s")
+            busy = f"{cpu / row['seconds']:.2f}" if cpu and row["seconds"] else "—"
+            echo(
+                f"{label:<34}{_fmt(_rate(row)):>12}{row['seconds']:>9.2f}"
+                f"{_fmt2(cpu):>7}{_fmt2(main):>15}{busy:>12}{row['rss_mb']:>13,.0f}"
+            )
     for label, key in (
         ("flow / naive", "flow_vs_naive"),
         ("flow / Polars", "flow_vs_polars"),
@@ -783,6 +869,24 @@ def print_report(report: dict, echo: Callable[[str], None] = print) -> None:
     ):
         v = report[key]
         echo(f"{label:<34}{'—' if v is None else f'{v:.2f}×':>12}")
+    ceilings = [
+        (label, report[key])
+        for label, key in (
+            ("city flow (whole catalogue)", "flow_ceiling_events_per_s"),
+            ("city flow cut to the subset", "flow_subset_ceiling_events_per_s"),
+            ("Kafka in the loop (+ broker)", "kafka_flow_ceiling_events_per_s"),
+        )
+        if report.get(key) is not None
+    ]
+    if ceilings:
+        echo(f"at most, with the CPU seconds spread over all {h['cpus']} cores (BENCHMARKS.md):")
+    for label, ceiling in ceilings:
+        against = [
+            f"{ratio:.2f}× {name}"
+            for name, base in (("naive", "naive"), ("Polars", "polars_batch"))
+            if (ratio := _ratio(ceiling, report.get(f"{base}_events_per_s"))) is not None
+        ]
+        echo(f"  {label:<32}{_fmt(ceiling):>12}  {', '.join(against)}")
     echo(
         f"latency event in → breach out at a steady {report['latency_rate_events_per_s']:,.0f} "
         f"events/s ({report['latency_samples']} breaches): p50 {_fmt(report['p50_latency_ms'])} "

@@ -32,6 +32,14 @@ def test_bench_writes_every_required_key(tmp_path):
     ):
         assert isinstance(report[key], float) and report[key] > 0, key
     assert report["kafka_flow_events_per_s"] is None
+    # Every engine's CPU seconds; the flow's ceiling is its events over its CPU per core.
+    for name in ("flow", "flow_subset", "naive", "polars", "duckdb"):
+        engine = report["engines"][name]
+        assert 0 < engine["cpu_s"] <= engine["seconds"] * report["host"]["cpus"] * 1.05, name
+    flow = report["engines"]["flow"]
+    ceiling = flow["events"] * report["host"]["cpus"] / flow["cpu_s"]
+    assert report["flow_ceiling_events_per_s"] == pytest.approx(ceiling)
+    assert "cores busy" in result.output and "spread over all" in result.output
     for key in ("p50_latency_ms", "p99_latency_ms"):
         assert report[key] is None or isinstance(report[key], float)
 
@@ -57,6 +65,10 @@ def test_bench_with_a_broker_reads_every_event_through_kafka(kafka_bootstrap, tm
     running = 3000 / (kafka["seconds"] - kafka["startup_s"])
     assert report["kafka_flow_running_events_per_s"] == pytest.approx(running)
     assert "its Kafka source alone" in result.output
+    # The Kafka row's ceiling counts the machine's CPU (the broker's too), not the flow's alone.
+    ceiling = 3000 * report["host"]["cpus"] / kafka["machine_cpu_s"]
+    assert report["kafka_flow_ceiling_events_per_s"] == pytest.approx(ceiling)
+    assert 0 < kafka["thread_cpu_s"] <= kafka["cpu_s"]
     assert f"after {kafka['startup_s']:.2f} s of start-up" in result.output
 
 
