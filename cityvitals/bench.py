@@ -287,8 +287,9 @@ _COLUMNS = {
 }
 
 
-def polars_aggregates(data: bytes):
-    """The naive subset's values from JSON-lines ``data``, by Polars in batch.
+def polars_aggregates(data: bytes, catalog=None):
+    """The naive subset's values (of ``catalog``; by default the default one) from JSON-lines
+    ``data``, by Polars in batch.
 
     Columns: ``indicator_id``, ``entity_id``, ``window_start`` (UTC), ``value``, ``samples``.
     """
@@ -303,7 +304,7 @@ def polars_aggregates(data: bytes):
         t=pl.col("ts").str.to_datetime("%Y-%m-%dT%H:%M:%S%.fZ", time_zone="UTC").dt.epoch("us")
     )
     plans = []
-    for d in subset(load_catalog()):
+    for d in subset(catalog or load_catalog()):
         sel = rows
         for k, v in (d.where or {}).items():
             sel = sel.filter(pl.col(k) == v)
@@ -315,7 +316,7 @@ def polars_aggregates(data: bytes):
         sel = sel.with_columns(v=value).filter(pl.col("v").is_not_null() & pl.col("v").is_finite())
         by = [pl.col(c) for c in d.entity.by]
         entity = by[0] if len(by) == 1 else pl.concat_str(by, separator="/")
-        w = d.window_us
+        w, offset = d.window_us, d.window_offset_us
         agg = {
             "mean": pl.col("v").mean(),
             "max": pl.col("v").max(),
@@ -324,7 +325,9 @@ def polars_aggregates(data: bytes):
             "count": pl.len().cast(pl.Float64),
         }[d.aggregation]
         plans.append(
-            sel.group_by(entity.alias("entity_id"), (pl.col("t") - pl.col("t") % w).alias("ws"))
+            sel.group_by(
+                entity.alias("entity_id"), (pl.col("t") - (pl.col("t") + offset) % w).alias("ws")
+            )
             .agg(agg.alias("value"), pl.len().cast(pl.Int64).alias("samples"))
             .select(
                 pl.lit(d.id).alias("indicator_id"),
@@ -337,8 +340,9 @@ def polars_aggregates(data: bytes):
     return pl.concat(pl.collect_all(plans))
 
 
-def duckdb_aggregates(path: str):
-    """The naive subset's values from the JSON-lines file ``path``, by DuckDB (an Arrow table)."""
+def duckdb_aggregates(path: str, catalog=None):
+    """The naive subset's values (of ``catalog``; by default the default one) from the
+    JSON-lines file ``path``, by DuckDB (an Arrow table)."""
     import duckdb
 
     from flows.naive import subset
@@ -346,7 +350,7 @@ def duckdb_aggregates(path: str):
 
     columns = "{" + ", ".join(f"'{c}': '{t}'" for c, (_, t) in _COLUMNS.items()) + "}"
     selects = []
-    for d in subset(load_catalog()):
+    for d in subset(catalog or load_catalog()):
         where = " AND ".join(f"{k} = '{v}'" for k, v in (d.where or {}).items()) or "TRUE"
         value = f"CAST({d.field} AS DOUBLE)"
         if d.aggregation == "count":
@@ -360,7 +364,8 @@ def duckdb_aggregates(path: str):
         selects.append(
             f"SELECT '{d.id}' AS indicator_id, e AS entity_id, make_timestamptz(ws) AS "
             f"window_start, {agg} AS value, count(*) AS samples FROM ("
-            f"SELECT {entity} AS e, t - t % {d.window_us} AS ws, {value} AS v FROM readings "
+            f"SELECT {entity} AS e, t - (t + {d.window_offset_us}) % {d.window_us} AS ws, "
+            f"{value} AS v FROM readings "
             f"WHERE {where}) WHERE v IS NOT NULL AND isfinite(v) GROUP BY ALL"
         )
     con = duckdb.connect()

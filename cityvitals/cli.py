@@ -426,6 +426,7 @@ def check(
         "no-data policies": sum(r.no_data is not None for r in ruleset.rules),
     }
     click.echo(", ".join(f"{n} {k}" for k, n in kinds.items()))
+    click.echo(f"windows aligned in {cat.timezone} (a day from 00:00 there)")
     click.echo(f"department rating: {five.summary()}")
     click.echo(f"risk points: {len(risk.points)}, grading models: {', '.join(risk.models)}")
 

@@ -82,8 +82,9 @@ class Lake:
     """Paths and atomic writes of one output directory.
 
     ``rating`` configures the ``department_rating`` view: a :class:`Rating`,
-    or the path of a rating file (checked against the default catalogue);
-    by default ``thresholds/rating.yaml``. It is read when the views are
+    or the path of a rating file (checked against the default catalogue, in
+    whose time zone its periods start unless it names one); by default
+    ``thresholds/rating.yaml``. It is read when the views are
     written (:meth:`create`), so a bad file raises
     :class:`cityvitals.yamlconf.ConfigError` there.
     """

@@ -32,7 +32,7 @@ from flows.kafka_io import KafkaOutput, write_mark
 from flows.sinks import ParquetSink
 from indicators import deadlines
 from indicators.aggregate import Aggregator, split_by_shard
-from indicators.definitions import Catalog, load_catalog
+from indicators.definitions import Catalog, fixed_offset, load_catalog
 from indicators.liveness import heard
 from indicators.timers import Clock, Timers
 from indicators.watermark import PartitionClock
@@ -68,7 +68,7 @@ __all__ = [
     "ShardItem",
     "TimerItem",
     "build",
-    "settle_shards",
+    "settle_state",
 ]
 
 
@@ -540,49 +540,63 @@ def build(
     return flow
 
 
-#: The file in ``pipeline.out`` that records the shard count the recovered state was built with.
+#: The file in ``pipeline.out`` that records what the recovered state was built with: the
+#: shard count and the catalogue's time zone.
 STATE_FILE = "_pipeline.json"
 
 
-def settle_shards(out: Path, requested: int | None, workers: int, recovering: bool) -> int:
+def settle_state(
+    out: Path, requested: int | None, workers: int, recovering: bool, timezone: str = "UTC"
+) -> int:
     """The shard count of this start: ``pipeline.shards``, or one per worker when unset.
 
-    A recovering start keeps the count its state was built with: keyed state
-    (windows, timers, sink writers) lives under the shard ids ``0 .. shards-1`` and
-    every entity is placed by ``hash % shards``, so resumed under another count an
-    entity's history would sit on the wrong shard. The first recovering start
-    records the count in ``OUT/_pipeline.json``; later ones take it from there (unset)
-    or refuse another (set).
+    A recovering start keeps what its state was built with. The shard count: keyed state
+    (windows, timers, sink writers) lives under the shard ids ``0 .. shards-1`` and every
+    entity is placed by ``hash % shards``, so resumed under another count an entity's
+    history would sit on the wrong shard. The catalogue's ``timezone``: the recovered
+    windows start where its UTC offset put them, and windows of another offset would
+    overlap them. The first recovering start records both in ``OUT/_pipeline.json``;
+    later ones take the count from there (unset) or refuse another (set), and refuse a
+    zone of another offset (a file without a zone is from before zones: its windows were
+    aligned in UTC).
 
     >>> import tempfile
     >>> out = Path(tempfile.mkdtemp())
-    >>> settle_shards(out, None, 4, recovering=True), settle_shards(out, None, 2, recovering=True)
+    >>> settle_state(out, None, 4, True, "Asia/Shanghai"), settle_state(out, None, 2, True, "PRC")
     (4, 4)
-    >>> settle_shards(out, None, 2, recovering=False)
+    >>> settle_state(out, None, 2, recovering=False)
     2
     >>> try:
-    ...     settle_shards(out, 8, 2, recovering=True)
+    ...     settle_state(out, 8, 2, True, "UTC")
     ... except ConfigError as e:
-    ...     print(e.problems[0].split(" (")[0])
+    ...     for problem in e.problems:
+    ...         print(problem.split(" (")[0])
     pipeline.shards: got 8, expected 4, the shard count of the recovered state in ...
+    timezone: got 'UTC', expected 'Asia/Shanghai', the time zone the recovered windows ...
     """
     shards = requested or workers
     if not recovering:
         return shards
     path = out / STATE_FILE
     if not path.is_file():
-        write_mark(path, {"shards": shards})
+        write_mark(path, {"shards": shards, "timezone": timezone})
         return shards
-    had = orjson.loads(path.read_bytes())["shards"]
+    state = orjson.loads(path.read_bytes())
+    had, had_zone = state["shards"], state.get("timezone", "UTC")
+    again = "to change it, start over with an empty pipeline.out and a new recovery directory"
+    problems = []
     if requested is not None and requested != had:
-        raise ConfigError(
-            "pipeline.shards",
-            [
-                f"pipeline.shards: got {requested}, expected {had}, the shard count of the "
-                f"recovered state in {out} (leave it unset to keep it; to change it, start "
-                "over with an empty pipeline.out and a new recovery directory)"
-            ],
+        problems.append(
+            f"pipeline.shards: got {requested}, expected {had}, the shard count of the "
+            f"recovered state in {out} (leave it unset to keep it; {again})"
         )
+    if fixed_offset(timezone) != fixed_offset(had_zone):
+        problems.append(
+            f"timezone: got '{timezone}', expected '{had_zone}', the time zone the recovered "
+            f"windows in {out} were aligned in (the catalogue's timezone; {again})"
+        )
+    if problems:
+        raise ConfigError(str(path), problems)
     return had
 
 
@@ -665,8 +679,9 @@ def __getattr__(name: str):
         source="environment",
     )
     workers = cluster_workers(sys.argv, os.environ)
-    shards = settle_shards(config.out, None, workers, config.recovery)
+    catalog = load_catalog(config.catalog)
+    shards = settle_state(config.out, None, workers, config.recovery, catalog.timezone)
     config = config.model_copy(update={"shards": shards})
     shutdown.install()  # SIGTERM: stop reading, flush the lake sinks, exit 0
     collector.tune()
-    return build(JsonLinesSource(path, config.batch_size), config)
+    return build(JsonLinesSource(path, config.batch_size), config, catalog)

@@ -26,7 +26,7 @@ from bytewax.dataflow import Dataflow
 
 from cityvitals.yamlconf import ConfigError
 from flows import collector, logs, metrics, shutdown
-from flows.city import STATE_FILE, build, settle_shards
+from flows.city import STATE_FILE, build, settle_state
 from flows.config import (
     FlowConfig,
     cluster_workers,
@@ -35,16 +35,20 @@ from flows.config import (
     recovery_requested,
 )
 from flows.kafka_io import KafkaInput, ensure_topics
+from indicators.definitions import Catalog, load_catalog
 
 __all__ = ["STATE_FILE", "build_kafka_flow"]
 
 log = logging.getLogger("cityvitals.flow")
 
 
-def build_kafka_flow(config: FlowConfig, source: KafkaInput | None = None) -> Dataflow:
+def build_kafka_flow(
+    config: FlowConfig, source: KafkaInput | None = None, catalog: Catalog | None = None
+) -> Dataflow:
     """The Kafka flow for ``config``: input topics must exist, outputs are created if allowed.
 
-    ``source``: the input (default: every input topic of ``config.kafka``).
+    ``source``: the input (default: every input topic of ``config.kafka``); ``catalog``: the
+    indicators (default: loaded from ``config.pipeline.catalog``).
     """
     kafka = config.kafka
     outputs = [kafka.topics.breaches, kafka.topics.deadletter]
@@ -53,7 +57,7 @@ def build_kafka_flow(config: FlowConfig, source: KafkaInput | None = None) -> Da
     if kafka.create_topics:
         ensure_topics(kafka, outputs, kafka.output_partitions)
     source = source if source is not None else KafkaInput(kafka)
-    return build(source, config.pipeline, kafka=kafka)
+    return build(source, config.pipeline, catalog, kafka=kafka)
 
 
 def _start(environ, argv) -> Dataflow:
@@ -61,7 +65,10 @@ def _start(environ, argv) -> Dataflow:
     process = process_id(argv, environ)
     workers = cluster_workers(argv, environ)
     recovering = recovery_requested(argv, environ)
-    shards = settle_shards(config.pipeline.out, config.pipeline.shards, workers, recovering)
+    catalog = load_catalog(config.pipeline.catalog)
+    shards = settle_state(
+        config.pipeline.out, config.pipeline.shards, workers, recovering, catalog.timezone
+    )
     pipeline = config.pipeline.model_copy(
         update={"recovery": config.pipeline.recovery or recovering, "shards": shards}
     )
@@ -80,7 +87,7 @@ def _start(environ, argv) -> Dataflow:
     collector.tune()
     metrics.serve(config.metrics, process)
     atexit.register(_stopped, process)
-    return build_kafka_flow(config)
+    return build_kafka_flow(config, catalog=catalog)
 
 
 def _stopped(process: int) -> None:

@@ -5,8 +5,8 @@ It is what a first Bytewax version of the pipeline would look like: every line b
 Python dict (``orjson.loads``), every dict becomes one keyed item per indicator it feeds,
 and Bytewax's own windowing (:func:`bytewax.operators.windowing.fold_window` with an
 :class:`~bytewax.operators.windowing.EventClock` and a
-:class:`~bytewax.operators.windowing.TumblingWindower` aligned to the epoch, one per window
-length) folds them one at a time.
+:class:`~bytewax.operators.windowing.TumblingWindower` aligned as the city flow's windows are,
+one per window length) folds them one at a time.
 
 **What it computes** (:func:`subset`): every column aggregation of the ``reading`` family in
 the catalogue, i.e. the ``reading`` indicators whose aggregation is ``mean``, ``max``,
@@ -41,7 +41,9 @@ __all__ = ["AGGREGATIONS", "EPOCH", "build", "subset"]
 #: The column aggregations the baseline computes (of the ``reading`` family).
 AGGREGATIONS = ("mean", "max", "min", "sum", "count")
 
-#: Windows are tumbling and aligned to the epoch, as the city flow's are.
+#: Windows are tumbling and start a whole number of windows from the epoch moved back by the
+#: catalogue's UTC offset, as the city flow's do
+#: (:attr:`indicators.definitions.IndicatorDef.window_offset_us`).
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 _SEP = "\x1f"  # between indicator id and entity id in a key
@@ -162,7 +164,7 @@ def _merge(a: list[float], b: list[float]) -> list[float]:
     return [a[0] + b[0], a[1] + b[1], min(a[2], b[2]), max(a[3], b[3])]
 
 
-def _finisher(defs: list[IndicatorDef], length: timedelta):
+def _finisher(defs: list[IndicatorDef], length: timedelta, align: datetime):
     aggregation = {d.id: d.aggregation for d in defs}
 
     def finish(item: tuple[str, tuple[int, list[float]]]) -> dict:
@@ -179,7 +181,7 @@ def _finisher(defs: list[IndicatorDef], length: timedelta):
         return {
             "indicator_id": indicator_id,
             "entity_id": entity_id,
-            "window_start": EPOCH + window_id * length,
+            "window_start": align + window_id * length,
             "value": value,
             "samples": int(n),
         }
@@ -198,8 +200,10 @@ def build(
     Each row is a dict with ``indicator_id``, ``entity_id``, ``window_start`` (UTC),
     ``value`` and ``samples``.
     """
-    defs = subset(catalog or load_catalog())
+    catalog = catalog or load_catalog()
+    defs = subset(catalog)
     lengths, by_metric = _specs(defs)
+    align = EPOCH - timedelta(microseconds=catalog.window_offset_us)
     flow = Dataflow("cityvitals_naive")
     batches = op.input("read", flow, source)
     lines = op.flat_map("lines", batches, lambda b: b.lines)
@@ -210,10 +214,10 @@ def build(
     outs = []
     for i, length in enumerate(lengths):
         mine = op.filter_map(f"window_{i}", items, lambda it, i=i: it[1] if it[0] == i else None)
-        windower = TumblingWindower(length=length, align_to=EPOCH)
+        windower = TumblingWindower(length=length, align_to=align)
         folded = fold_window(f"fold_{i}", mine, clock, windower, _new, _fold, _merge)
         # (key, (window id, [n, sum, min, max]))
-        outs.append(op.map(f"finish_{i}", folded.down, _finisher(defs, length)))
+        outs.append(op.map(f"finish_{i}", folded.down, _finisher(defs, length, align)))
     rows = op.merge("rows", *outs)
     op.output("out", rows, sink)
     return flow

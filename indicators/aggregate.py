@@ -15,7 +15,8 @@ by one ``group_by`` per kind, into one frame keyed also by ``indicator_id``
 (see :func:`partials`); :func:`partial` is one indicator's, the reference.
 
 Time inside is integer microseconds since the epoch (UTC); windows are
-tumbling and aligned to the epoch.
+tumbling, and start at the instants :attr:`IndicatorDef.window_offset_us`
+says (at local midnight of the catalogue's time zone for windows of a day).
 
 >>> import polars as pl
 >>> from datetime import datetime, UTC
@@ -58,10 +59,19 @@ def ts_us(col: str = "ts") -> pl.Expr:
     return pl.col(col).dt.epoch("us")
 
 
-def window_start_us(window_us: int, col: str = "ts") -> pl.Expr:
-    """Start of the tumbling window holding each row, in epoch microseconds."""
+def window_start_us(window_us: int, col: str = "ts", offset_us: int = 0) -> pl.Expr:
+    """Start of the tumbling window holding each row, in epoch microseconds: windows start
+    where the time plus ``offset_us`` is a multiple of ``window_us``.
+
+    >>> from datetime import datetime, UTC
+    >>> day, hour = 86_400_000_000, 3_600_000_000
+    >>> f = pl.DataFrame({"ts": [datetime(2026, 5, 12, 17, tzinfo=UTC)]})  # 01:00 in Beijing
+    >>> f.select(utc=window_start_us(day), beijing=window_start_us(day, offset_us=8 * hour)
+    ...          ).select(pl.all().cast(pl.Datetime("us", "UTC"))).row(0)  # doctest: +ELLIPSIS
+    (datetime.datetime(2026, 5, 12, 0, 0, tzinfo=...), datetime.datetime(2026, 5, 12, 16, 0, ...))
+    """
     t = ts_us(col)
-    return (t - t % window_us).alias("window_start")
+    return (t - (t + offset_us) % window_us).alias("window_start")
 
 
 def _entity(d: IndicatorDef) -> pl.Expr:
@@ -80,7 +90,7 @@ def _selection(d: IndicatorDef) -> tuple[pl.Expr, list[pl.Expr]]:
         # Per-order events stay rows: the order state machine needs each one.
         return cond & pl.col(d.field).is_not_null(), [
             _entity(d),
-            window_start_us(d.window_us),
+            window_start_us(d.window_us, offset_us=d.window_offset_us),
             pl.col(d.field).alias("order_id"),
             pl.col("status"),
             pl.col("event_class"),
@@ -90,7 +100,7 @@ def _selection(d: IndicatorDef) -> tuple[pl.Expr, list[pl.Expr]]:
         num, den = _matches(d.numerator), _matches(d.denominator)
         return cond & pl.col(d.field).is_not_null() & (num | den), [
             _entity(d),
-            window_start_us(d.window_us),
+            window_start_us(d.window_us, offset_us=d.window_offset_us),
             num.alias("num"),
             den.alias("den"),
         ]
@@ -106,7 +116,7 @@ def _selection(d: IndicatorDef) -> tuple[pl.Expr, list[pl.Expr]]:
     extra = [pl.col("device_type")] if d.aggregation == "online_rate" else []
     return cond, [
         _entity(d),
-        window_start_us(d.window_us),
+        window_start_us(d.window_us, offset_us=d.window_offset_us),
         value.alias("v"),
         ts_us().alias("t"),
         *extra,
@@ -222,8 +232,8 @@ def _by_join(defs: list[IndicatorDef], ids: pl.Enum) -> Recipe:
     entity = _choice("_by", [_entity_of(by) for by in bys])
     raw = pl.col(field).cast(pl.Float64)
     value = _choice("_div", [raw if div is None else raw / pl.col(div) for div in divs])
-    t = ts_us()
-    start = t - t % pl.col("_w")
+    t, offset = ts_us(), defs[0].window_offset_us  # the defs are grouped by their offset
+    start = t - (t + offset) % pl.col("_w")
     picked = [
         pl.col("indicator_id"),
         entity.alias("entity_id"),
@@ -335,11 +345,20 @@ class Aggregator:
         for d in catalog.indicators:
             k = kind(d)
             if _joinable(d):
-                joined.setdefault((d.family, *d.where, d.field, k), []).append(d)
+                same = (d.family, *d.where, d.field, d.window_offset_us, k)
+                joined.setdefault(same, []).append(d)
             elif k in COLUMN_KINDS:
                 self._stacked.setdefault(d.family, []).append((k, _stacked(d, column_ids)))
             else:  # lifecycle rows are the same for every indicator that picks them alike
-                same = (d.family, *sorted(d.where.items()), *d.entity.by, d.window_us, d.field, k)
+                same = (
+                    d.family,
+                    *sorted(d.where.items()),
+                    *d.entity.by,
+                    d.window_us,
+                    d.window_offset_us,
+                    d.field,
+                    k,
+                )
                 shared.setdefault(same, []).append(d.id)
                 first.setdefault(same, d)
         for (family, *_, k), defs in joined.items():

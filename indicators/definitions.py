@@ -21,12 +21,21 @@ numerator
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from cityvitals.yamlconf import ConfigError, Duration, KeyedProblems, load_model, repeated_ids
 from schemas.families import DEVICE_TYPES, EVENT_CLASSES, INPUT_FAMILIES
@@ -39,6 +48,7 @@ __all__ = [
     "IndicatorDef",
     "ModelDef",
     "WorkOrders",
+    "fixed_offset",
     "load_catalog",
 ]
 
@@ -61,6 +71,42 @@ Aggregation = Literal[
 _VALUE_AGGREGATIONS = ("mean", "max", "min", "sum", "p95")
 #: Work-order columns every status change of one order repeats unchanged.
 _ORDER_INVARIANT = ("district_id", "department", "grid_id", "event_class")
+
+
+def fixed_offset(zone: str, year: int | None = None) -> timedelta:
+    """The UTC offset of the IANA time zone ``zone``, which must keep one offset all ``year``
+    (this year by default): windows of a day are tumbling, 24 hours each, so they can start
+    at local midnight only where no daylight saving time moves it.
+
+    >>> fixed_offset("Asia/Shanghai"), fixed_offset("UTC")
+    (datetime.timedelta(seconds=28800), datetime.timedelta(0))
+    >>> fixed_offset("Europe/Berlin", 2026)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: expected a time zone with one UTC offset ...; this one moves from +01:00 to +02:00
+    """
+    try:
+        tz = ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("expected an IANA time zone such as Asia/Shanghai or UTC") from None
+    year = year or datetime.now(UTC).year
+    offsets = sorted(
+        {datetime(year, month, 1, tzinfo=UTC).astimezone(tz).utcoffset() for month in (1, 7)}
+    )
+    if len(offsets) > 1:
+        low, high = (_offset_text(o) for o in offsets)
+        raise ValueError(
+            f"expected a time zone with one UTC offset all year (windows of a day last 24 "
+            f"hours); this one moves from {low} to {high}"
+        )
+    return offsets[0]
+
+
+def _offset_text(offset: timedelta) -> str:
+    """``+08:00``, ``-03:30``: an offset as RFC 3339 writes it."""
+    sign = "-" if offset < timedelta(0) else "+"
+    minutes = abs(offset) // timedelta(minutes=1)
+    return f"{sign}{minutes // 60:02d}:{minutes % 60:02d}"
 
 
 class _Strict(BaseModel):
@@ -213,9 +259,34 @@ class IndicatorDef(_Strict):
         _check_filter(v, info)
         return v
 
+    #: Set by the catalogue that holds the definition (see :attr:`window_offset_us`).
+    _window_offset_us: int = PrivateAttr(default=0)
+
     @property
     def window_us(self) -> int:
         return int(self.window.total_seconds()) * 1_000_000
+
+    @property
+    def window_offset_us(self) -> int:
+        """Where the windows start: at the instants ``t`` (epoch microseconds) where
+        ``t + window_offset_us`` is a multiple of :attr:`window_us`. It is the UTC offset of
+        the catalogue's ``timezone``, so a window of a day starts at local midnight (and a
+        window that divides an hour, at whole hours, minutes or seconds, as in UTC); 0 for a
+        definition on its own.
+
+        >>> cat = load_catalog()
+        >>> cat["workorder.return_rate"].window, cat["workorder.return_rate"].window_offset_us
+        (datetime.timedelta(days=1), 28800000000)
+        """
+        return self._window_offset_us
+
+
+def _in_zone(d: IndicatorDef, offset_us: int) -> IndicatorDef:
+    """A copy of ``d`` whose windows start at ``offset_us`` (see
+    :attr:`IndicatorDef.window_offset_us`)."""
+    copy = d.model_copy()
+    copy._window_offset_us = offset_us
+    return copy
 
 
 def _us(td: timedelta) -> int:
@@ -408,10 +479,34 @@ ModelDef = Annotated[
 class Catalog(_Strict):
     """All indicators, by id, and the online models derived from them."""
 
+    #: Where the indicators' windows start (see :attr:`IndicatorDef.window_offset_us`).
+    timezone: str = "UTC"
     indicators: list[IndicatorDef] = Field(min_length=1)
     models: list[ModelDef] = Field(default_factory=list)
     devices: Devices = Field(default_factory=Devices)
     workorders: WorkOrders = Field(default_factory=WorkOrders)
+
+    @field_validator("timezone")
+    @classmethod
+    def _one_offset(cls, v: str) -> str:
+        fixed_offset(v)
+        return v
+
+    @field_validator("indicators")
+    @classmethod
+    def _windows_in_zone(cls, v: list[IndicatorDef], info: ValidationInfo) -> list[IndicatorDef]:
+        """Each definition with the catalogue's window offset: a copy where it had another (a
+        definition taken from a catalogue of another zone keeps that one's)."""
+        zone = info.data.get("timezone")
+        if zone is None:  # not a valid zone: reported at its own key
+            return v
+        offset = _us(fixed_offset(zone))
+        return [d if d.window_offset_us == offset else _in_zone(d, offset) for d in v]
+
+    @property
+    def window_offset_us(self) -> int:
+        """The UTC offset of ``timezone``, in microseconds: where every window starts."""
+        return _us(fixed_offset(self.timezone))
 
     def problems(self, context: dict) -> list[tuple[tuple, str]]:
         """Checks across entries, each reported at the entry that breaks it."""

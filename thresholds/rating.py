@@ -10,18 +10,19 @@ a department with fewer than ``min_orders`` measured orders in either
 dimension is ``unrated``. :func:`rating_sql` turns the configuration into the
 query of the DuckDB view ``department_rating``.
 
-Periods are aligned in **UTC**: they start at 00:00 UTC on ``anchor``
-(08:00 in Beijing) and every ``period`` after it. The indicator windows are
-aligned to UTC too (a daily window runs 00:00 to 24:00 UTC), so every window
-lies wholly inside one period; periods cut at Beijing midnight would split
-each daily window in two. A window belongs to the period its start falls in;
-windows before ``anchor`` are not rated.
+Periods start at 00:00 on ``anchor`` in ``timezone`` (by default the
+catalogue's: ``Asia/Shanghai``), and every ``period`` after it. The indicator windows
+start at midnight of the catalogue's ``timezone`` (a daily window runs 00:00 to
+24:00 Beijing time), and the two must agree, so every window lies wholly inside
+one period: periods cut at another midnight would split each daily window in
+two, and loading the rating against the catalogue says so. A window belongs to
+the period its start falls in; windows before ``anchor`` are not rated.
 
 >>> from indicators.definitions import load_catalog
 >>> rating = load_rating(catalog=load_catalog())
 >>> for part in rating.summary().split("; "):
 ...     print(part)
-every 14d from 2026-01-05 00:00 UTC
+every 14d from 2026-01-05 00:00 Asia/Shanghai
 score = 0.5 x workorder.on_time_rate + 0.5 x service.satisfaction_rate
 unrated below 10 orders
 green >= 0.95, blue >= 0.9, yellow >= 0.8, orange >= 0.7, red below
@@ -29,7 +30,7 @@ green >= 0.95, blue >= 0.9, yellow >= 0.8, orange >= 0.7, red below
 ('blue', 'orange', 'red', 'unrated')
 >>> start, end = rating.period_of(datetime(2026, 1, 19, 7, tzinfo=UTC))
 >>> print(start, end)
-2026-01-19 00:00:00+00:00 2026-02-02 00:00:00+00:00
+2026-01-18 16:00:00+00:00 2026-02-01 16:00:00+00:00
 
 The view's query, over a two-row stand-in for ``indicator_values``: 18 of 20
 orders dispatched on time (0.9) and all 10 closed orders satisfied (1.0)
@@ -64,6 +65,7 @@ from pydantic import (
 )
 
 from cityvitals.yamlconf import Duration, KeyedProblems, load_model
+from indicators.definitions import fixed_offset
 
 __all__ = [
     "COLUMNS",
@@ -103,6 +105,8 @@ COLUMNS = (
 #: department exactly at a bound (19 of 20 orders on time: 0.95) is not lost to rounding.
 SCORE_DECIMALS = 6
 
+#: A day in microseconds: a window that divides it starts every day at the same time.
+_DAY_US = 86_400_000_000
 _DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 _DEFAULT_COLOURS = (
     ("green", 0.95),
@@ -188,6 +192,9 @@ class Rating(_Strict):
 
     period: Duration = timedelta(days=14)
     anchor: date = date(2026, 1, 5)
+    #: Periods start at 00:00 on ``anchor`` here; by default the catalogue's ``timezone``
+    #: (UTC when validated without a catalogue).
+    timezone: str = "UTC"
     timeliness: Dimension = Field(
         default_factory=lambda: _default_dimension("workorder.on_time_rate"),
         validate_default=True,
@@ -206,6 +213,20 @@ class Rating(_Strict):
     @classmethod
     def _monday(cls, v: Any) -> date:
         return _anchor(v)
+
+    @field_validator("timezone")
+    @classmethod
+    def _one_offset(cls, v: str) -> str:
+        fixed_offset(v)
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _catalogue_zone(cls, data: Any, info: ValidationInfo) -> Any:
+        catalog = (info.context or {}).get("catalog")
+        if isinstance(data, dict) and "timezone" not in data and catalog is not None:
+            return {**data, "timezone": catalog.timezone}
+        return data
 
     @field_validator("colours")
     @classmethod
@@ -279,6 +300,17 @@ class Rating(_Strict):
         for name in ("timeliness", "quality"):
             d = catalog[getattr(self, name).indicator]
             window = d.window_us
+            if _DAY_US % window == 0 and (start + d.window_offset_us) % window:
+                problems.append(
+                    (
+                        ("timezone",),
+                        f"got '{self.timezone}', expected the catalogue's '{catalog.timezone}' "
+                        f"(or another with its UTC offset): periods from 00:00 {self.timezone} "
+                        f"would cut the {_show(d.window)} windows of {d.id} ({name}), which "
+                        f"start at 00:00 {catalog.timezone}",
+                    )
+                )
+                continue
             if self.period_us % window:
                 problems.append(
                     (
@@ -287,7 +319,7 @@ class Rating(_Strict):
                         f"{_show(d.window)} windows of {d.id} ({name})",
                     )
                 )
-            if start % window:
+            if (start + d.window_offset_us) % window:
                 problems.append(
                     (
                         ("anchor",),
@@ -299,8 +331,9 @@ class Rating(_Strict):
 
     @property
     def start(self) -> datetime:
-        """When the first period starts: 00:00 UTC on ``anchor``."""
-        return datetime(self.anchor.year, self.anchor.month, self.anchor.day, tzinfo=UTC)
+        """When the first period starts: 00:00 on ``anchor`` in ``timezone`` (in UTC)."""
+        midnight = datetime(self.anchor.year, self.anchor.month, self.anchor.day, tzinfo=UTC)
+        return midnight - fixed_offset(self.timezone)
 
     @property
     def start_us(self) -> int:
@@ -333,7 +366,7 @@ class Rating(_Strict):
         bands = [f"{c.colour} >= {c.min_score:g}" for c in self.colours[:-1]]
         bands.append(f"{self.colours[-1].colour} below")
         return (
-            f"every {_show(self.period)} from {self.start:%Y-%m-%d %H:%M} UTC; "
+            f"every {_show(self.period)} from {self.anchor.isoformat()} 00:00 {self.timezone}; "
             f"score = {self.timeliness.weight:g} x {self.timeliness.indicator} + "
             f"{self.quality.weight:g} x {self.quality.indicator}; "
             f"unrated below {self.min_orders} orders; {', '.join(bands)}"

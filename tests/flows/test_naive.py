@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import polars as pl
 from bytewax.testing import TestingSink, run_main
 from polars.testing import assert_frame_equal
@@ -12,7 +14,7 @@ from flows import naive
 from flows.city import build
 from flows.config import PipelineConfig
 from flows.sources import BatchIteratorSource
-from indicators.definitions import load_catalog
+from indicators.definitions import Catalog, load_catalog
 
 SCENARIO = Scenario(devices=200, minutes=70, seed=3, bad_rate=0.0)
 KEYS = ["indicator_id", "entity_id", "window_start"]
@@ -22,10 +24,10 @@ def _source() -> BatchIteratorSource:
     return BatchIteratorSource("simulator", lambda: generate(SCENARIO))
 
 
-def city_values(out) -> pl.DataFrame:
+def city_values(out, source=None, catalog=None) -> pl.DataFrame:
     """The city flow's indicator values for the naive subset, sorted by key."""
-    run_main(build(_source(), PipelineConfig(out=out)))
-    ids = [d.id for d in naive.subset(load_catalog())]
+    run_main(build(source or _source(), PipelineConfig(out=out), catalog))
+    ids = [d.id for d in naive.subset(catalog or load_catalog())]
     table = (
         Lake(out)
         .connect()
@@ -35,9 +37,9 @@ def city_values(out) -> pl.DataFrame:
     return frame.filter(pl.col("indicator_id").is_in(ids)).sort(KEYS)
 
 
-def naive_values() -> pl.DataFrame:
+def naive_values(source=None, catalog=None) -> pl.DataFrame:
     rows: list[dict] = []
-    run_main(naive.build(_source(), TestingSink(rows)))
+    run_main(naive.build(source or _source(), TestingSink(rows), catalog))
     return pl.DataFrame(rows).sort(KEYS)
 
 
@@ -73,3 +75,37 @@ def test_batch_lower_bounds_equal_the_naive_flow(tmp_path):
             pl.col("samples").cast(pl.Int64),
         ).sort(KEYS)
         assert_frame_equal(got, expected, check_exact=False, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def test_every_engine_aligns_windows_in_the_catalogue_time_zone(tmp_path):
+    """In Asia/Kolkata (UTC+05:30) an hour's window starts at half past a UTC hour: the city
+    flow, the naive flow and both batch queries cut the same windows."""
+    from cityvitals.bench import duckdb_aggregates, polars_aggregates
+
+    catalog = Catalog(**{**dict(load_catalog()), "timezone": "Asia/Kolkata"})
+    lines = [line for batch in generate(SCENARIO) for line in batch][:40_000]
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+
+    def source() -> BatchIteratorSource:
+        return BatchIteratorSource("x", lambda: iter([lines[:20_000], lines[20_000:]]))
+
+    expected = city_values(tmp_path / "lake", source(), catalog)
+    hourly = {d.id for d in naive.subset(catalog) if d.window == timedelta(hours=1)}
+    starts = expected.filter(pl.col("indicator_id").is_in(list(hourly)))["window_start"]
+    assert hourly and starts.len() and (starts.dt.minute() == 30).all()
+    got = naive_values(source(), catalog)
+    got = got.with_columns(pl.col("window_start").cast(expected.schema["window_start"]))
+    assert_frame_equal(got, expected, check_exact=False, rel_tol=1e-9, abs_tol=1e-9)
+    data = path.read_bytes()
+    for batch in (
+        polars_aggregates(data, catalog),
+        pl.from_arrow(duckdb_aggregates(str(path), catalog)),
+    ):
+        batch = batch.with_columns(
+            pl.col("window_start")
+            .dt.convert_time_zone("UTC")
+            .cast(expected.schema["window_start"]),
+            pl.col("samples").cast(pl.Int64),
+        ).sort(KEYS)
+        assert_frame_equal(batch, got, check_exact=False, rel_tol=1e-9, abs_tol=1e-9)

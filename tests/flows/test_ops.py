@@ -310,6 +310,31 @@ def test_a_recovering_start_with_another_shard_count_is_refused(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def test_a_recovering_start_in_another_time_zone_is_refused(tmp_path):
+    """Recovered windows start where their zone put them: state recorded before zones were
+    (its windows aligned in UTC) is not resumed under the catalogue's Asia/Shanghai."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CITYVITALS", "BYTEWAX_"))}
+    env |= {"CITYVITALS__PIPELINE__OUT": str(tmp_path / "out"), "CITYVITALS__METRICS__PORT": "0"}
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / STATE_FILE).write_text('{"shards": 1}')  # an older first start's
+    argv = ["flows.city_kafka", "-r", str(tmp_path), "-s", "5", "-b", "5"]
+    out = subprocess.run(
+        [sys.executable, "-m", "bytewax.run", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "timezone: got 'Asia/Shanghai', expected 'UTC', the time zone the recovered" in (
+        out.stderr
+    )
+    assert "pipeline.shards" not in out.stderr and "Traceback" not in out.stderr
+
+
 def test_writer_names_from_state_cannot_leave_the_lake(tmp_path):
     """A sink's writer name (from its state, or a recovery store) never names a path outside."""
     import pyarrow as pa

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import polars as pl
 import pytest
@@ -17,8 +17,9 @@ from indicators.aggregate import (
     shard_of,
     split_by_shard,
 )
-from indicators.definitions import load_catalog
+from indicators.definitions import Catalog, load_catalog
 from schemas.decode import Decoder, RawBatch
+from schemas.families import INPUT_FAMILIES, polars_schema
 
 NOW = datetime(2026, 5, 12, 12, tzinfo=UTC)
 KEY = ["entity_id", "window_start"]
@@ -124,3 +125,42 @@ def test_split_by_shard_puts_each_row_where_its_entity_lives(frames, shards):
             assert mine[name].equals(piece), name
     assert sum(s["by_device"].height for s in got) == frames["heartbeat"].height
     assert all("empty" not in s for s in got)
+
+
+def test_a_day_window_starts_at_midnight_in_the_catalogue_time_zone():
+    """The default catalogue's zone is Asia/Shanghai: its days turn at 16:00 UTC."""
+    catalog = load_catalog()
+    d = catalog["service.satisfaction_rate"]  # a mean per department and day
+    assert catalog.timezone == "Asia/Shanghai" and d.window == timedelta(days=1)
+    turn = datetime(2026, 5, 12, 16, tzinfo=UTC)  # 00:00 on 13 May in Beijing
+    wire = polars_schema(INPUT_FAMILIES["workorder"])
+    frame = pl.DataFrame(
+        {
+            "ts": [turn - timedelta(seconds=1), turn],
+            "order_id": ["a", "b"],
+            "status": ["closed", "closed"],
+            "department": ["roads", "roads"],
+            "satisfied": [True, False],
+        }
+    ).select(
+        pl.col(c).cast(t)
+        if c in ("ts", "order_id", "status", "department", "satisfied")
+        else pl.lit(None, dtype=t).alias(c)
+        for c, t in wire.items()
+    )
+    want = [turn - timedelta(days=1), turn]
+    own = partial(d, frame).sort("window_start")
+    assert own["window_start"].to_list() == [_us(t) for t in want]
+    stacked = partials(catalog, {"workorder": frame})[COLUMNS]
+    mine = stacked.filter(pl.col("indicator_id") == d.id).sort("window_start")
+    assert mine["window_start"].to_list() == [_us(t) for t in want]
+    # The same definition in a catalogue in UTC: one day, from 00:00 UTC.
+    in_utc = Catalog(indicators=[d]).indicators[0]
+    assert partial(in_utc, frame)["window_start"].to_list() == [
+        _us(datetime(2026, 5, 12, tzinfo=UTC))
+    ]
+    assert d.window_offset_us == 8 * 3_600_000_000  # the catalogue's own is left as it was
+
+
+def _us(t: datetime) -> int:
+    return (t - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)

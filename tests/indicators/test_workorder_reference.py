@@ -116,7 +116,7 @@ def _windowed_rows(d: IndicatorDef, frame: pl.DataFrame) -> pl.DataFrame:
     t = pl.col("ts").dt.epoch("us")
     entity = pl.concat_str([pl.col(c) for c in d.entity.by], separator="/")
     return frame.filter(*[pl.col(k) == v for k, v in d.where.items()]).with_columns(
-        entity_id=entity, ws=t - t % d.window_us, t=t
+        entity_id=entity, ws=t - (t + d.window_offset_us) % d.window_us, t=t
     )
 
 
@@ -237,7 +237,7 @@ def test_workorder_indicators_match_a_computation_over_the_whole_stream(seed):
         elif d.id in MEASURED:
             ref = measured(d, frame).filter(pl.col("ws") + d.window_us <= complete)
         else:
-            last_end = complete - complete % d.window_us
+            last_end = complete - (complete + d.window_offset_us) % d.window_us
             ref = counted(d, frame, last_end)
         refs.append(finish(d, ref))
         assert refs[-1].height >= 2, d.id  # every indicator has something to compare

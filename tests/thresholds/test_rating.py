@@ -42,7 +42,7 @@ BAD = sorted(FIXTURES.glob("*.bad.yaml"))
 
 TIMELY = "workorder.on_time_rate"
 SATISFIED = "service.satisfaction_rate"
-ANCHOR = datetime(2026, 1, 5, tzinfo=UTC)  # a Monday
+ANCHOR = datetime(2026, 1, 4, 16, tzinfo=UTC)  # Monday 5 January, 00:00 in Beijing
 HOUR, DAY, WEEK = timedelta(hours=1), timedelta(days=1), timedelta(days=7)
 
 #: Weekly periods, weights 0.6 / 0.4, at least 10 orders in each dimension.
@@ -327,7 +327,7 @@ def test_the_view_matches_the_reference_on_random_departments(tmp_path, seed):
     assert_matches_reference(got, expected)
 
 
-def test_periods_are_utc_whatever_the_session_time_zone(tmp_path):
+def test_periods_are_the_same_instants_whatever_the_session_time_zone(tmp_path):
     lake = lake_of(tmp_path, hand_rows(), weekly())
     for tz in ("UTC", "Asia/Shanghai", "America/New_York"):
         starts = sorted({r["period_start"] for r in view_rows(lake, tz)})
@@ -495,7 +495,8 @@ def test_bad_ratings_list_every_problem_with_file_line_and_key(path, catalog):
 def test_check_prints_the_rating():
     result = CliRunner().invoke(main, ["check"])
     assert result.exit_code == 0, result.output
-    assert "department rating: every 14d from 2026-01-05 00:00 UTC" in result.output
+    assert "department rating: every 14d from 2026-01-05 00:00 Asia/Shanghai" in result.output
+    assert "windows aligned in Asia/Shanghai (a day from 00:00 there)" in result.output
     assert "green >= 0.95" in result.output
 
 
