@@ -53,7 +53,7 @@ def test_naive_flow_equals_city_flow(tmp_path):
 
 
 def test_batch_lower_bounds_equal_the_naive_flow(tmp_path):
-    from cityvitals.bench import duckdb_aggregates, make_input, polars_aggregates
+    from cityvitals.bench import make_input
 
     lines = make_input(30_000, 200, seed=3)
     data = b"\n".join(lines) + b"\n"
@@ -66,8 +66,18 @@ def test_batch_lower_bounds_equal_the_naive_flow(tmp_path):
             TestingSink(rows),
         )
     )
-    expected = pl.DataFrame(rows).sort(KEYS)
-    for got in (polars_aggregates(data), pl.from_arrow(duckdb_aggregates(str(path)))):
+    assert_batches_equal(data, path, pl.DataFrame(rows).sort(KEYS))
+
+
+def assert_batches_equal(data: bytes, path, expected: pl.DataFrame, catalog=None) -> None:
+    """The Polars and DuckDB queries over ``data`` (also in the file ``path``) give
+    ``expected``, the naive flow's rows."""
+    from cityvitals.bench import duckdb_aggregates, polars_aggregates
+
+    for got in (
+        polars_aggregates(data, catalog),
+        pl.from_arrow(duckdb_aggregates(str(path), catalog)),
+    ):
         got = got.with_columns(
             pl.col("window_start")
             .dt.convert_time_zone("UTC")
@@ -80,8 +90,6 @@ def test_batch_lower_bounds_equal_the_naive_flow(tmp_path):
 def test_every_engine_aligns_windows_in_the_catalogue_time_zone(tmp_path):
     """In Asia/Kolkata (UTC+05:30) an hour's window starts at half past a UTC hour: the city
     flow, the naive flow and both batch queries cut the same windows."""
-    from cityvitals.bench import duckdb_aggregates, polars_aggregates
-
     catalog = Catalog(**{**dict(load_catalog()), "timezone": "Asia/Kolkata"})
     lines = [line for batch in generate(SCENARIO) for line in batch][:40_000]
     path = tmp_path / "in.jsonl"
@@ -97,15 +105,4 @@ def test_every_engine_aligns_windows_in_the_catalogue_time_zone(tmp_path):
     got = naive_values(source(), catalog)
     got = got.with_columns(pl.col("window_start").cast(expected.schema["window_start"]))
     assert_frame_equal(got, expected, check_exact=False, rel_tol=1e-9, abs_tol=1e-9)
-    data = path.read_bytes()
-    for batch in (
-        polars_aggregates(data, catalog),
-        pl.from_arrow(duckdb_aggregates(str(path), catalog)),
-    ):
-        batch = batch.with_columns(
-            pl.col("window_start")
-            .dt.convert_time_zone("UTC")
-            .cast(expected.schema["window_start"]),
-            pl.col("samples").cast(pl.Int64),
-        ).sort(KEYS)
-        assert_frame_equal(batch, got, check_exact=False, rel_tol=1e-9, abs_tol=1e-9)
+    assert_batches_equal(path.read_bytes(), path, got, catalog)
