@@ -136,7 +136,8 @@ def router(topics: KafkaTopics) -> Callable[[bytes], tuple[str, str | None]]:
 
 
 def check_settings(kafka: KafkaConfig) -> None:
-    """Raise ``ValueError`` if ``kafka.client`` turns off what publishing relies on.
+    """Raise ``ValueError`` if ``kafka.client`` or ``kafka.producer`` turns off what
+    publishing relies on.
 
     >>> try:
     ...     check_settings(KafkaConfig(client={"acks": "1"}))
@@ -144,12 +145,13 @@ def check_settings(kafka: KafkaConfig) -> None:
     ...     print(e)
     acks=1 is not allowed: publishing needs acks=all (per-entity order, nothing lost)
     """
+    settings = {**kafka.client, **kafka.producer}
     for key, needed in _REQUIRED.items():
-        if key in kafka.client:
-            given = str(kafka.client[key]).lower()
+        if key in settings:
+            given = str(settings[key]).lower()
             if given != needed and not (key == "acks" and given in _ACKS_ALL):
                 raise ValueError(
-                    f"{key}={kafka.client[key]} is not allowed: publishing needs "
+                    f"{key}={settings[key]} is not allowed: publishing needs "
                     f"{key}={needed} (per-entity order, nothing lost)"
                 )
 
@@ -268,6 +270,7 @@ def _producer_config(
     return {
         **PRODUCER_DEFAULTS,
         **kafka.client_config(
+            "producer",
             **_REQUIRED,
             # Only failures are reported: a callback per delivered message costs more
             # than producing it.

@@ -149,6 +149,15 @@ class PipelineConfig(BaseModel):
 #: librdkafka settings the flow sets itself; configuration may not override them.
 _OWNED = frozenset({"bootstrap.servers", "enable.auto.commit", "enable.partition.eof", "group.id"})
 
+#: The maps of librdkafka settings passed through: to every client, the consumers, the producers.
+_CLIENT_MAPS = ("client", "consumer", "producer")
+
+
+def _masked(settings: dict) -> dict:
+    """``settings`` with the values of keys that look secret masked."""
+    return {k: "**********" if secret_name(k) else v for k, v in settings.items()}
+
+
 #: Typed security settings and the librdkafka keys they set (``client`` may not repeat these).
 _TYPED = {
     "security_protocol": "security.protocol",
@@ -217,7 +226,13 @@ class KafkaConfig(BaseModel):
     mapped to librdkafka's keys; the two secrets are :class:`~pydantic.SecretStr`,
     so they never show in a repr, a log line or an error message. ``client`` is
     passed to librdkafka unchanged for anything else (client id, timeouts, ...):
-    see librdkafka's CONFIGURATION.md.
+    see librdkafka's CONFIGURATION.md. ``consumer`` and ``producer`` are the same
+    for the consumers (fetch sizes ...) or the producers (batching ...) alone, after
+    ``client``: a consumer-only key in ``client`` makes every producer warn.
+
+    >>> k = KafkaConfig(client={"client.id": "d7"}, consumer={"fetch.max.bytes": 1 << 20})
+    >>> k.client_config("consumer")["fetch.max.bytes"], "fetch.max.bytes" in k.client_config()
+    (1048576, False)
 
     >>> k = KafkaConfig(security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
     ...     sasl_username="cv", sasl_password="hunter2")
@@ -249,6 +264,14 @@ class KafkaConfig(BaseModel):
         default_factory=dict,
         description="Other librdkafka settings for every client (client id, timeouts, ...).",
     )
+    consumer: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="librdkafka settings for the consumers only (fetch sizes, ...).",
+    )
+    producer: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="librdkafka settings for the producers only (batching, ...).",
+    )
     topics: KafkaTopics = Field(default_factory=KafkaTopics)
     starting_offset: Literal["earliest", "latest"] = Field(
         default="earliest", description="Where a partition without recovery state starts."
@@ -270,7 +293,7 @@ class KafkaConfig(BaseModel):
     create_topics: bool = Field(default=True, description="Create missing output topics.")
     output_partitions: int = Field(default=4, ge=1, description="Partitions of created topics.")
 
-    @field_validator("client")
+    @field_validator(*_CLIENT_MAPS)
     @classmethod
     def _not_owned(cls, value: dict) -> dict:
         for key in sorted(value):
@@ -297,14 +320,17 @@ class KafkaConfig(BaseModel):
         return self
 
     def __repr_args__(self):
-        """The repr, with ``client`` values whose key looks secret masked too."""
+        """The repr, with librdkafka values whose key looks secret masked too."""
         for name, value in super().__repr_args__():
-            if name == "client":
-                value = {k: "**********" if secret_name(k) else v for k, v in value.items()}
+            if name in _CLIENT_MAPS:
+                value = _masked(value)
             yield name, value
 
-    def client_config(self, **extra) -> dict:
-        """The librdkafka configuration for one client, extra settings last."""
+    def client_config(
+        self, role: Literal["admin", "consumer", "producer"] = "admin", **extra
+    ) -> dict:
+        """The librdkafka configuration for one client of ``role``: the typed settings,
+        ``client``, the role's own map (none for an admin client), then ``extra``."""
         typed = {}
         for field, key in _TYPED.items():
             value = getattr(self, field)
@@ -312,7 +338,14 @@ class KafkaConfig(BaseModel):
                 typed[key] = (
                     value.get_secret_value() if isinstance(value, SecretStr) else str(value)
                 )
-        return {"bootstrap.servers": self.bootstrap_servers, **typed, **self.client, **extra}
+        own = {"consumer": self.consumer, "producer": self.producer}.get(role, {})
+        return {
+            "bootstrap.servers": self.bootstrap_servers,
+            **typed,
+            **self.client,
+            **own,
+            **extra,
+        }
 
 
 #: Environment variables starting with this set single settings (see :func:`load_flow_config`).
@@ -430,10 +463,8 @@ class FlowConfig(BaseModel):
     def summary(self) -> dict[str, Any]:
         """Every setting as JSON-ready values, secrets masked: for the start log line."""
         data = self.model_dump(mode="json")
-        client = data["kafka"]["client"]
-        data["kafka"]["client"] = {
-            k: "**********" if secret_name(k) else v for k, v in client.items()
-        }
+        for name in _CLIENT_MAPS:
+            data["kafka"][name] = _masked(data["kafka"][name])
         return data
 
 
@@ -458,8 +489,8 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str
     """Nested settings from ``CITYVITALS__SECTION__KEY=value`` variables, and their names.
 
     Values are read as YAML scalars (``4``, ``true``, ``30s``). Under
-    ``kafka.client``, underscores become dots: ``..._CLIENT__SECURITY_PROTOCOL``
-    sets librdkafka's ``security.protocol``.
+    ``kafka.client``, ``kafka.consumer`` and ``kafka.producer``, underscores become dots:
+    ``..._CLIENT__SECURITY_PROTOCOL`` sets librdkafka's ``security.protocol``.
 
     >>> data, names = _env_overrides({"CITYVITALS__KAFKA__STOP_AT_END": "true",
     ...     "CITYVITALS__KAFKA__CLIENT__CLIENT_ID": "district-7", "HOME": "/root"})
@@ -474,7 +505,7 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str
         if not name.startswith(ENV_PREFIX):
             continue
         path = [p.lower() for p in name.removeprefix(ENV_PREFIX).split("__")]
-        if path[:2] == ["kafka", "client"] and len(path) == 3:
+        if path[0] == "kafka" and len(path) == 3 and path[1] in _CLIENT_MAPS:
             path[2] = path[2].replace("_", ".")
         node = out
         for key in path[:-1]:

@@ -174,7 +174,8 @@ def _reader(kafka: KafkaConfig, group: str) -> Consumer:
     """
     return Consumer(
         kafka.client_config(
-            **{"group.id": group, "enable.auto.commit": False, "enable.partition.eof": True}
+            "consumer",
+            **{"group.id": group, "enable.auto.commit": False, "enable.partition.eof": True},
         )
     )
 
@@ -355,12 +356,13 @@ class _OutputPartition(StatefulSinkPartition[list[OutMessage], dict[int, int]]):
         self._skip = self._already_sent(resume) if resume else set()
         self._producer = Producer(
             kafka.client_config(
+                "producer",
                 **{
                     "enable.idempotence": True,
                     "acks": "all",
                     "linger.ms": 20,
                     "compression.type": "lz4",
-                }
+                },
             )
         )
 

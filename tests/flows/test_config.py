@@ -104,3 +104,33 @@ def test_secrets_never_show_in_errors_or_reprs(tmp_path):
     assert config.kafka.client_config()["sasl.password"] == secret
     for shown in (repr(config), str(config), repr(config.kafka), str(config.summary())):
         assert secret not in shown
+
+
+def test_consumer_and_producer_settings_reach_only_their_clients():
+    """A consumer's fetch size set in ``client`` would make every producer warn (CONFWARN):
+    ``consumer`` and ``producer`` hold such keys, set from the file or the environment."""
+    config = load_flow_config(
+        {
+            "CITYVITALS__KAFKA__CLIENT__CLIENT_ID": "district-7",
+            "CITYVITALS__KAFKA__CONSUMER__MAX_PARTITION_FETCH_BYTES": "8388608",
+            "CITYVITALS__KAFKA__PRODUCER__LINGER_MS": "50",
+            "CITYVITALS__KAFKA__PRODUCER__SASL_OAUTHBEARER_CLIENT_SECRET": "s3cret-x",
+        }
+    )
+    consumer = config.kafka.client_config("consumer")
+    producer = config.kafka.client_config("producer")
+    admin = config.kafka.client_config()
+    assert consumer["max.partition.fetch.bytes"] == 8388608
+    assert producer["linger.ms"] == 50
+    assert {c["client.id"] for c in (consumer, producer, admin)} == {"district-7"}
+    assert "max.partition.fetch.bytes" not in producer and "linger.ms" not in consumer
+    assert "max.partition.fetch.bytes" not in admin and "linger.ms" not in admin
+    assert "s3cret-x" not in str(config.summary()) and "s3cret-x" not in repr(config.kafka)
+
+
+def test_publishing_refuses_a_producer_setting_that_loses_order():
+    from cityvitals.publish import check_settings
+    from flows.config import KafkaConfig
+
+    with pytest.raises(ValueError, match=r"enable\.idempotence=False is not allowed"):
+        check_settings(KafkaConfig(producer={"enable.idempotence": False}))
