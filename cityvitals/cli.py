@@ -493,8 +493,10 @@ def prepare(recovery: Path | None, partitions: int | None, input_topics: int | N
     (``bytewax.recovery`` fails on a directory that has partitions; this keeps
     them), and the input topics the flow needs exist before it subscribes.
     """
+    from indicators.definitions import load_catalog
+
     config = _flow_config()
-    lake = Lake(config.pipeline.out)
+    lake = Lake(config.pipeline.out, catalog=load_catalog(config.pipeline.catalog))
     lake.create()
     click.echo(f"lake ready: {lake.db_path}")
     recovery = recovery or config.recovery.directory

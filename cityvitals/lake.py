@@ -48,7 +48,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cityvitals import views
-from indicators.definitions import load_catalog
+from indicators.definitions import Catalog, load_catalog
 from schemas.families import OUTPUT_TABLES
 from thresholds.rating import DEFAULT_RATING, RATING_VIEW, Rating, load_rating, rating_sql
 
@@ -82,22 +82,35 @@ class Lake:
     """Paths and atomic writes of one output directory.
 
     ``rating`` configures the ``department_rating`` view: a :class:`Rating`,
-    or the path of a rating file (checked against the default catalogue, in
-    whose time zone its periods start unless it names one); by default
-    ``thresholds/rating.yaml``. It is read when the views are
-    written (:meth:`create`), so a bad file raises
-    :class:`cityvitals.yamlconf.ConfigError` there.
+    or the path of a rating file; by default ``thresholds/rating.yaml``. A file
+    is checked against ``catalog``, the catalogue of the flow that writes the
+    lake, when that computes the rating's two indicators: its periods then start
+    at midnight in that catalogue's time zone, as the daily windows do, unless it
+    names another. A flow whose catalogue computes neither has nothing to rate:
+    the file is checked against the default catalogue, as when no ``catalog`` is
+    given. It is read when the views are written (:meth:`create`), so a bad file
+    raises :class:`cityvitals.yamlconf.ConfigError` there.
     """
 
-    def __init__(self, root: Path | str, rating: Rating | Path | str | None = None) -> None:
+    def __init__(
+        self,
+        root: Path | str,
+        rating: Rating | Path | str | None = None,
+        catalog: Catalog | None = None,
+    ) -> None:
         self.root = Path(root)
         self._rating = rating
+        self._catalog = catalog
 
     @property
     def rating(self) -> Rating:
         """The rating configuration of the ``department_rating`` view (loaded once)."""
         if not isinstance(self._rating, Rating):
-            self._rating = load_rating(self._rating or DEFAULT_RATING, catalog=load_catalog())
+            path = self._rating or DEFAULT_RATING
+            catalog = self._catalog
+            if catalog is None or not _rates_with(load_rating(path), catalog):
+                catalog = load_catalog()
+            self._rating = load_rating(path, catalog=catalog)
         return self._rating
 
     @property
@@ -136,7 +149,8 @@ class Lake:
         a new one gets the new file, and nobody ever sees the write lock.
         """
         rating = rating_sql(self.rating)
-        stamp = _stamp(rating + views.sql())
+        offset = (self._catalog or load_catalog()).window_offset_us
+        stamp = _stamp(rating + views.sql(offset))
         if self._views_current(stamp):
             return
         # One temporary file per process: the processes of a cluster all start at once.
@@ -151,7 +165,7 @@ class Lake:
                 )
             con.execute(f"CREATE VIEW {RATING_VIEW} AS {rating}")
             con.execute(f"COMMENT ON VIEW {RATING_VIEW} IS '{stamp}'")
-            views.install(con)
+            views.install(con, offset)
             con.execute("CHECKPOINT")
         finally:
             con.close()
@@ -256,6 +270,12 @@ def _stamp(sql: str) -> str:
     """What the rating view's comment says: a hash of the SQL of the rating and the
     analysts' views, so a change to either rewrites the file."""
     return "cityvitals rating sha256:" + hashlib.sha256(sql.encode("utf-8")).hexdigest()
+
+
+def _rates_with(rating: Rating, catalog: Catalog) -> bool:
+    """Whether ``catalog`` computes both indicators ``rating`` rates departments by."""
+    ids = set(catalog.ids)
+    return rating.timeliness.indicator in ids and rating.quality.indicator in ids
 
 
 def _atomic_write(table: pa.Table, path: Path) -> None:

@@ -1,11 +1,17 @@
 -- The analysts' views and macros of the lake's DuckDB file (cityvitals/views.py loads this).
 -- They stand on the table views (read_parquet globs), so they read the Parquet files that are
 -- complete when a query starts, like every other view. Statements are separated by a line
--- holding only ';'. {SEVERITIES} is replaced by the list of severities, mildest first.
--- Days and buckets are UTC, as the lake's partitions and the indicator windows are.
+-- holding only ';'. {SEVERITIES} is replaced by the list of severities, mildest first, and
+-- {DAY_OFFSET_US} by the UTC offset of the catalogue's time zone, in microseconds.
+-- Days are the catalogue's (local_day), as the daily indicator windows and the rating's
+-- periods are; the lake's date partitions are UTC days.
 
 -- The UTC calendar day of a timestamptz, whatever the session's TimeZone.
 CREATE MACRO utc_day(ts) AS CAST(make_timestamp(epoch_us(ts)) AS DATE)
+;
+-- The calendar day of a timestamptz in the catalogue's time zone (where the daily windows run
+-- from midnight), whatever the session's TimeZone.
+CREATE MACRO local_day(ts) AS CAST(make_timestamp(epoch_us(ts) + {DAY_OFFSET_US}) AS DATE)
 ;
 -- 0 for normal, 1 for blue ... 4 for red.
 CREATE MACRO severity_rank(s) AS list_position({SEVERITIES}, s) - 1
@@ -100,10 +106,11 @@ FROM breaches
 WHERE alert_id = aid
 ORDER BY sequence
 ;
--- Alerts per sector and UTC day (the day their first window in breach began), by peak severity.
+-- Alerts per sector and day (local_day: the day their first window in breach began), by peak
+-- severity.
 CREATE VIEW breaches_per_sector_day AS
 SELECT
-    utc_day(first_ts) AS day,
+    local_day(first_ts) AS day,
     sector,
     count(*) AS alerts,
     count(*) FILTER (peak_severity = 'red') AS red,
@@ -142,7 +149,7 @@ SELECT r.*, coalesce(o.went_offline, 0) AS went_offline
 FROM rates AS r
 LEFT JOIN went_offline AS o USING (device_type, grid_id, window_start)
 ;
--- 1510 dispatch compliance per UTC day, by department (event_class '*') and by class
+-- 1510 dispatch compliance per day (local_day), by department (event_class '*') and by class
 -- (department '*'): orders dispatched and dispatched on time (workorder.on_time_rate and
 -- workorder.on_time_rate_by_class, weighted by their orders), and orders that went overdue
 -- (order_deadlines). The flow measures no on-time rate crossed by department and class.
@@ -153,7 +160,7 @@ WITH rates AS (
             AS department,
         CASE WHEN indicator_id = 'workorder.on_time_rate' THEN '*'
             ELSE split_part(entity_id, '/', 2) END AS event_class,
-        utc_day(window_start) AS day,
+        local_day(window_start) AS day,
         sum(samples) AS dispatched,
         round(sum(value * samples)) AS on_time
     FROM indicator_values
@@ -164,11 +171,11 @@ overdue AS (
     SELECT
         coalesce(department, '*') AS department,
         coalesce(event_class, '*') AS event_class,
-        utc_day(event_ts) AS day,
+        local_day(event_ts) AS day,
         count(DISTINCT order_id) AS overdue
     FROM order_deadlines
     WHERE state = 'overdue'
-    GROUP BY GROUPING SETS ((department, utc_day(event_ts)), (event_class, utc_day(event_ts)))
+    GROUP BY GROUPING SETS ((department, local_day(event_ts)), (event_class, local_day(event_ts)))
 )
 SELECT
     department,

@@ -13,7 +13,7 @@ import pickle
 import sys
 import time
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import bytewax.operators as op
@@ -408,7 +408,7 @@ def build(
     rules = rules or load_rules(config.rules, catalog)
     risk_points = risk_points or load_risk_points(config.risk_points, catalog)
     decoder = decoder or Decoder(max_future=config.max_future, max_age=config.max_age)
-    lake = Lake(config.out)
+    lake = Lake(config.out, catalog=catalog)
     lake.create()
     partitions = source.list_parts()
     shards = [str(i) for i in range(config.shard_count)]
@@ -546,7 +546,7 @@ STATE_FILE = "_pipeline.json"
 
 
 def settle_state(
-    out: Path, requested: int | None, workers: int, recovering: bool, timezone: str = "UTC"
+    out: Path, requested: int | None, workers: int, recovering: bool, *, timezone: str
 ) -> int:
     """The shard count of this start: ``pipeline.shards``, or one per worker when unset.
 
@@ -562,12 +562,13 @@ def settle_state(
 
     >>> import tempfile
     >>> out = Path(tempfile.mkdtemp())
-    >>> settle_state(out, None, 4, True, "Asia/Shanghai"), settle_state(out, None, 2, True, "PRC")
+    >>> a = settle_state(out, None, 4, True, timezone="Asia/Shanghai")
+    >>> a, settle_state(out, None, 2, True, timezone="PRC")
     (4, 4)
-    >>> settle_state(out, None, 2, recovering=False)
+    >>> settle_state(out, None, 2, False, timezone="UTC")
     2
     >>> try:
-    ...     settle_state(out, 8, 2, True, "UTC")
+    ...     settle_state(out, 8, 2, True, timezone="UTC")
     ... except ConfigError as e:
     ...     for problem in e.problems:
     ...         print(problem.split(" (")[0])
@@ -590,7 +591,7 @@ def settle_state(
             f"pipeline.shards: got {requested}, expected {had}, the shard count of the "
             f"recovered state in {out} (leave it unset to keep it; {again})"
         )
-    if fixed_offset(timezone) != fixed_offset(had_zone):
+    if _offset_or_none(timezone) != _offset_or_none(had_zone):
         problems.append(
             f"timezone: got '{timezone}', expected '{had_zone}', the time zone the recovered "
             f"windows in {out} were aligned in (the catalogue's timezone; {again})"
@@ -598,6 +599,15 @@ def settle_state(
     if problems:
         raise ConfigError(str(path), problems)
     return had
+
+
+def _offset_or_none(zone: str) -> timedelta | None:
+    """The fixed UTC offset of ``zone``; None if it has none (a recorded zone this host's
+    zone data no longer knows, or whose offset now moves, matches no catalogue's)."""
+    try:
+        return fixed_offset(zone)
+    except ValueError:
+        return None
 
 
 def _restore(resume: bytes | None, catalog: Catalog, partitions: list[str]) -> WindowStore:
@@ -680,7 +690,7 @@ def __getattr__(name: str):
     )
     workers = cluster_workers(sys.argv, os.environ)
     catalog = load_catalog(config.catalog)
-    shards = settle_state(config.out, None, workers, config.recovery, catalog.timezone)
+    shards = settle_state(config.out, None, workers, config.recovery, timezone=catalog.timezone)
     config = config.model_copy(update={"shards": shards})
     shutdown.install()  # SIGTERM: stop reading, flush the lake sinks, exit 0
     collector.tune()

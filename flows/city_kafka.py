@@ -67,7 +67,7 @@ def _start(environ, argv) -> Dataflow:
     recovering = recovery_requested(argv, environ)
     catalog = load_catalog(config.pipeline.catalog)
     shards = settle_state(
-        config.pipeline.out, config.pipeline.shards, workers, recovering, catalog.timezone
+        config.pipeline.out, config.pipeline.shards, workers, recovering, timezone=catalog.timezone
     )
     pipeline = config.pipeline.model_copy(
         update={"recovery": config.pipeline.recovery or recovering, "shards": shards}

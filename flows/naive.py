@@ -203,7 +203,9 @@ def build(
     catalog = catalog or load_catalog()
     defs = subset(catalog)
     lengths, by_metric = _specs(defs)
-    align = EPOCH - timedelta(microseconds=catalog.window_offset_us)
+    # The definitions' own offset, as the city flow's aggregator takes it (one catalogue's).
+    offset = defs[0].window_offset_us if defs else 0
+    align = EPOCH - timedelta(microseconds=offset)
     flow = Dataflow("cityvitals_naive")
     batches = op.input("read", flow, source)
     lines = op.flat_map("lines", batches, lambda b: b.lines)

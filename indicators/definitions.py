@@ -24,7 +24,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import pyarrow as pa
 from pydantic import (
@@ -74,9 +74,9 @@ _ORDER_INVARIANT = ("district_id", "department", "grid_id", "event_class")
 
 
 def fixed_offset(zone: str, year: int | None = None) -> timedelta:
-    """The UTC offset of the IANA time zone ``zone``, which must keep one offset all ``year``
-    (this year by default): windows of a day are tumbling, 24 hours each, so they can start
-    at local midnight only where no daylight saving time moves it.
+    """The UTC offset of the IANA time zone ``zone``, which must keep one offset every day of
+    ``year`` (this year by default): windows of a day are tumbling, 24 hours each, so they can
+    start at local midnight only where no daylight saving time moves it.
 
     >>> fixed_offset("Asia/Shanghai"), fixed_offset("UTC")
     (datetime.timedelta(seconds=28800), datetime.timedelta(0))
@@ -85,14 +85,14 @@ def fixed_offset(zone: str, year: int | None = None) -> timedelta:
     ...
     ValueError: expected a time zone with one UTC offset ...; this one moves from +01:00 to +02:00
     """
+    if zone not in _ZONES:  # not "localtime", which is whatever the host says
+        raise ValueError("expected an IANA time zone such as Asia/Shanghai or UTC")
     try:
         tz = ZoneInfo(zone)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise ValueError("expected an IANA time zone such as Asia/Shanghai or UTC") from None
-    year = year or datetime.now(UTC).year
-    offsets = sorted(
-        {datetime(year, month, 1, tzinfo=UTC).astimezone(tz).utcoffset() for month in (1, 7)}
-    )
+    first = datetime((year or datetime.now(UTC).year), 1, 1, 12, tzinfo=UTC)
+    offsets = sorted({(first + timedelta(days=d)).astimezone(tz).utcoffset() for d in range(366)})
     if len(offsets) > 1:
         low, high = (_offset_text(o) for o in offsets)
         raise ValueError(
@@ -100,6 +100,11 @@ def fixed_offset(zone: str, year: int | None = None) -> timedelta:
             f"hours); this one moves from {low} to {high}"
         )
     return offsets[0]
+
+
+#: The IANA zones this machine knows (the ``tzdata`` package when it has no zone database),
+#: but not the names that are no place: the host's zone, and tzdata's placeholders.
+_ZONES = (frozenset(available_timezones()) - {"localtime", "Factory", "posixrules"}) | {"UTC"}
 
 
 def _offset_text(offset: timedelta) -> str:
@@ -262,6 +267,13 @@ class IndicatorDef(_Strict):
     #: Set by the catalogue that holds the definition (see :attr:`window_offset_us`).
     _window_offset_us: int = PrivateAttr(default=0)
 
+    def __setstate__(self, state: dict) -> None:
+        """Unpickle; a definition pickled before windows had an offset (in a snapshot of an
+        older version) had its windows aligned in UTC."""
+        if state.get("__pydantic_private__") is None:
+            state = {**state, "__pydantic_private__": {"_window_offset_us": 0}}
+        super().__setstate__(state)
+
     @property
     def window_us(self) -> int:
         return int(self.window.total_seconds()) * 1_000_000
@@ -271,8 +283,9 @@ class IndicatorDef(_Strict):
         """Where the windows start: at the instants ``t`` (epoch microseconds) where
         ``t + window_offset_us`` is a multiple of :attr:`window_us`. It is the UTC offset of
         the catalogue's ``timezone``, so a window of a day starts at local midnight (and a
-        window that divides an hour, at whole hours, minutes or seconds, as in UTC); 0 for a
-        definition on its own.
+        window that divides the offset, as it would in UTC: up to an hour in Beijing, but an
+        hour's window starts at half past in Kolkata, at +05:30); 0 for a definition on its
+        own.
 
         >>> cat = load_catalog()
         >>> cat["workorder.return_rate"].window, cat["workorder.return_rate"].window_offset_us

@@ -87,6 +87,20 @@ def test_alert_life_of_the_balcony_fire(small_run):
         assert row[4] == (row[2] - prev[2]).total_seconds()
 
 
+def test_days_turn_at_midnight_in_the_catalogue_time_zone(tmp_path):
+    """local_day follows the catalogue the lake is written for: 17:00 UTC is tomorrow in
+    Beijing (the default catalogue's zone) and still today in UTC."""
+    from indicators.definitions import Catalog, load_catalog
+
+    late = "SELECT local_day(TIMESTAMPTZ '2026-05-12 17:00:00+00')"
+    beijing = Lake(tmp_path / "a")
+    beijing.create()
+    in_utc = Lake(tmp_path / "b", catalog=Catalog(**{**dict(load_catalog()), "timezone": "UTC"}))
+    in_utc.create()
+    assert str(_rows(beijing.connect(), late)[0][0]) == "2026-05-13"
+    assert str(_rows(in_utc.connect(), late)[0][0]) == "2026-05-12"
+
+
 def test_breaches_per_sector_day_counts_every_alert_once(small_run):
     _, lake = small_run
     con = lake.connect()
@@ -97,7 +111,7 @@ def test_breaches_per_sector_day_counts_every_alert_once(small_run):
     per_sector = dict(
         _rows(con, "SELECT sector, count(DISTINCT alert_id) FROM breaches GROUP BY sector")
     )
-    assert {s: n for s, n, _ in rows} == per_sector  # the scenario is one UTC day
+    assert {s: n for s, n, _ in rows} == per_sector  # the scenario is one day (in Beijing too)
 
 
 def test_device_online_rate_of_the_silent_cameras(small_run):

@@ -177,3 +177,18 @@ def test_model_accepts_durations(window):
     d = IndicatorDef.model_validate(base_def(window=window))
     assert d.window_us % 1_000_000 == 0
     assert d.window_us > 0
+
+
+def test_a_definition_pickled_before_window_offsets_restores_with_utc_windows():
+    """Snapshots of an older version hold definitions without an offset: their windows were
+    aligned in UTC, and they restore so."""
+    import copy
+    import pickle
+
+    d = load_catalog()["service.satisfaction_rate"]
+    assert pickle.loads(pickle.dumps(d)).window_offset_us == 8 * 3_600_000_000
+    old = copy.copy(d)
+    object.__setattr__(old, "__pydantic_private__", None)  # as the older version pickled it
+    restored = pickle.loads(pickle.dumps(old))
+    assert restored.window_offset_us == 0
+    assert restored.model_dump() == d.model_dump()

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from cityvitals.cli import main
 from cityvitals.lake import Lake
 from cityvitals.yamlconf import ConfigError
-from indicators.definitions import load_catalog
+from indicators.definitions import Catalog, load_catalog
 from schemas.families import INDICATOR_VALUES
 from tests.config_fixtures import assert_problems_match, check_command, expectations
 from thresholds.rating import (
@@ -400,6 +400,23 @@ def test_a_lake_with_a_bad_rating_file_fails_on_create(tmp_path):
         Lake(tmp_path, rating=FIXTURES / "weights_sum.bad.yaml").create()
     assert "quality.weight: got 0.6" in str(info.value)
     assert not (tmp_path / "cityvitals.duckdb").exists()
+
+
+def test_a_lake_rates_in_the_time_zone_of_the_flows_catalogue(tmp_path):
+    """Periods start at midnight where the flow's daily windows do; a rating file in another
+    offset is refused against that catalogue, not the default one."""
+    catalog = Catalog(**{**dict(load_catalog()), "timezone": "America/Sao_Paulo"})  # UTC-3
+    lake = Lake(tmp_path / "a", catalog=catalog)
+    assert lake.rating.timezone == "America/Sao_Paulo"
+    assert lake.rating.start == datetime(2026, 1, 5, 3, tzinfo=UTC)
+    assert Lake(tmp_path / "b").rating.start == ANCHOR  # the default catalogue's Beijing
+    path = tmp_path / "rating.yaml"
+    path.write_text("timezone: Asia/Shanghai\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="expected the catalogue's 'America/Sao_Paulo'"):
+        Lake(tmp_path / "c", rating=path, catalog=catalog).create()
+    # A flow computing neither indicator has nothing to rate: the default catalogue checks it.
+    cut = Catalog(timezone="UTC", indicators=[load_catalog()["fire.temperature"]])
+    assert Lake(tmp_path / "d", catalog=cut).rating.timezone == "Asia/Shanghai"
 
 
 # -- the configuration ---------------------------------------------------------------------
