@@ -20,6 +20,7 @@ and weekday (**schedules**); see ``thresholds/rules.yaml`` for the language.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from datetime import time, timedelta
 from pathlib import Path
@@ -121,8 +122,17 @@ def _span(bound: Bound, direction: str) -> tuple[float | None, float | None]:
 
 
 def _beyond(value: float, span: tuple[float | None, float | None]) -> bool:
+    """Whether ``value`` reaches ``span``'s low or high bound. NaN is above every number, as
+    in Polars and in the evaluator's vectorised grading: it reaches every high bound and no
+    low one.
+
+    >>> _beyond(float("nan"), (None, 70.0)), _beyond(float("nan"), (10.0, None))
+    (True, False)
+    """
     low, high = span
-    return (low is not None and value <= low) or (high is not None and value >= high)
+    if high is not None and (value >= high or math.isnan(value)):
+        return True
+    return low is not None and value <= low
 
 
 def _clock(v: object) -> time:
@@ -296,20 +306,6 @@ class Rule(Bands):
         ]
         for cond, idx in reversed(picks):  # the first pick must win: build it last
             expr = pl.when(cond).then(pl.lit(idx, dtype=pl.Int16)).otherwise(expr)
-        return expr
-
-    def level_expr(self, value: pl.Expr, variant: pl.Expr) -> pl.Expr:
-        """The raw level of each value under the bands its row is in (vectorised)."""
-        expr = pl.lit("normal")
-        for idx, bands in enumerate(self.variants):
-            for name in bands.levels:  # mild to grave: the last match wins
-                low, high = bands.span(name, self.direction)
-                hit = pl.lit(False)
-                if low is not None:
-                    hit = hit | (value <= low)
-                if high is not None:
-                    hit = hit | (value >= high)
-                expr = pl.when((variant == idx) & hit).then(pl.lit(name)).otherwise(expr)
         return expr
 
     def level_of(self, value: float, variant: int = 0) -> str:

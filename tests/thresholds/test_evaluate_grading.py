@@ -2,7 +2,7 @@
 
 The evaluator grades on NumPy arrays and keeps the bands in force by entity or
 by minute; these tests hold it to :meth:`Rule.variant_of` and
-:meth:`Rule.level_expr` on random batches (NaN, null, infinite values, bounds
+:meth:`Rule.level_of` on random batches (NaN, null, infinite values, bounds
 hit exactly, rows in any order, schedules across midnight and a change of
 daylight saving time, windows not on a minute), and check that a restored
 evaluator continues exactly like an uninterrupted one.
@@ -96,15 +96,24 @@ def batch(rng: random.Random, call: int, n: int) -> pl.DataFrame:
 
 
 def expected(rules: RuleSet, frame: pl.DataFrame) -> list[str]:
-    """Each row's raw level by the rules' own expressions (one rule per indicator)."""
-    level = pl.lit("normal")
-    for rule in rules.rules:
-        variant = rule.variant_of(pl.col("entity_id"), pl.col("window_start"), rules.timezone)
-        raw = rule.level_expr(pl.col("value"), variant)
-        judged = (pl.col("samples") >= rule.min_samples) & pl.col("value").is_not_null()
-        here = (pl.col("indicator_id") == rule.indicator) & judged.fill_null(False)
-        level = pl.when(here).then(raw).otherwise(level)
-    return frame.select(level.alias("level")).to_series().to_list()
+    """Each row's raw level by the rules' own grading of one value at a time, under the bands
+    :meth:`Rule.variant_of` puts its row in (one rule per indicator)."""
+    rule_of = {rule.indicator: rule for rule in rules.rules}
+    variants = {  # a rule with one set of bands gives a literal: broadcast it to the rows
+        rule.id: frame.with_columns(
+            _v=rule.variant_of(pl.col("entity_id"), pl.col("window_start"), rules.timezone)
+        )["_v"].to_list()
+        for rule in rules.rules
+    }
+    out = []
+    for i, row in enumerate(frame.iter_rows(named=True)):
+        rule = rule_of.get(row["indicator_id"])
+        judged = rule is not None and row["value"] is not None
+        if not judged or row["samples"] is None or row["samples"] < rule.min_samples:
+            out.append("normal")
+            continue
+        out.append(rule.level_of(row["value"], variants[rule.id][i]))
+    return out
 
 
 @pytest.mark.parametrize("timezone", ["UTC", "Europe/Paris", "Asia/Shanghai"])

@@ -151,6 +151,16 @@ def test_level_of_below_is_inclusive(value, level):
     assert rule("below").level_of(value) == level
 
 
+def test_nan_is_above_every_number_one_value_at_a_time_as_in_batches():
+    """The evaluator grades batches with NaN above every number (as Polars orders it): the
+    one-value grading and the hysteresis that settles an open alert agree with it."""
+    nan = float("nan")
+    assert rule("above").level_of(nan) == "red"
+    assert rule("below").level_of(nan) == "normal"
+    assert rule("above").settle("yellow", nan) == "red"  # rises, as a very high value would
+    assert rule("below").settle("red", nan) == "normal"  # a very high value clears a low alert
+
+
 def test_level_of_skips_levels_a_rule_leaves_out():
     r = rule("above", levels={"red": 0.5})
     assert r.level_of(0.49) == "normal"
