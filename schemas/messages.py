@@ -76,15 +76,21 @@ def breach_messages(records: Iterable[dict]) -> list[OutMessage]:
 
 
 def _json_messages(
-    records: Iterable[dict], kind: str, key: str, message_id: Callable[[dict], str], **headers: str
+    records: Iterable[dict],
+    kind: str,
+    key: str | Callable[[dict], str],
+    message_id: Callable[[dict], str],
+    **headers: str,
 ) -> list[OutMessage]:
-    """Records as JSON messages keyed by their ``key`` field; ``headers`` name record fields."""
+    """Records as JSON messages keyed by their ``key`` field (or what ``key`` makes of a
+    record); ``headers`` name record fields."""
+    key_of = key if callable(key) else (lambda r: r[key])
     out = []
     for r in records:
         ident = message_id(r)
         out.append(
             OutMessage(
-                key=r[key].encode(),
+                key=key_of(r).encode(),
                 value=orjson.dumps(r, option=_JSON),
                 headers=_headers(kind, ident, **{h: r[f] for h, f in headers.items()}),
                 message_id=ident,
@@ -127,20 +133,26 @@ def dead_letter_messages(dead: pl.DataFrame) -> list[OutMessage]:
 
 
 def indicator_messages(values: pl.DataFrame) -> list[OutMessage]:
-    """Indicator values as JSON messages keyed by indicator and entity."""
-    out = []
-    for row in values.iter_rows(named=True):
-        key = f"{row['indicator_id']}|{row['entity_id']}"
-        message_id = f"{key}|{row['window_start'].isoformat()}"
-        out.append(
-            OutMessage(
-                key=key.encode(),
-                value=orjson.dumps(row, option=_JSON),
-                headers=_headers("indicator-value", message_id, level=row.get("level") or ""),
-                message_id=message_id,
-            )
-        )
-    return out
+    """Indicator values as JSON messages keyed by indicator and entity.
+
+    >>> from datetime import UTC, datetime
+    >>> t = datetime(2026, 5, 12, 8, 30, tzinfo=UTC)
+    >>> m = indicator_messages(pl.DataFrame({"indicator_id": ["fire.temperature"],
+    ...     "entity_id": ["flat-1"], "window_start": [t], "value": [61.0], "level": ["red"]}))[0]
+    >>> m.key, m.message_id, dict(m.headers)["level"]
+    (b'fire.temperature|flat-1', 'fire.temperature|flat-1|2026-05-12T08:30:00+00:00', b'red')
+    """
+
+    def key(row: dict) -> str:
+        return f"{row['indicator_id']}|{row['entity_id']}"
+
+    return _json_messages(
+        values.iter_rows(named=True),
+        "indicator-value",
+        key,
+        lambda row: f"{key(row)}|{row['window_start'].isoformat()}",
+        level="level",
+    )
 
 
 def risk_level_messages(records: Iterable[dict]) -> list[OutMessage]:
