@@ -59,7 +59,7 @@ recovery) and continues exactly as if never interrupted.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import polars as pl
@@ -134,6 +134,15 @@ class EwmScores:
         """
         return self._update(self._rows(entities), np.asarray(values, np.float64))
 
+    def update_in_rounds(
+        self, names: Sequence[str], codes: np.ndarray, rounds: np.ndarray, x: np.ndarray
+    ) -> np.ndarray:
+        """:meth:`update` of the values ``x`` of entities ``names[codes]``, one round at a
+        time (round ``r``: the values with ``rounds == r``, each entity once), the names
+        looked up once. New series come in the order of ``names``."""
+        slots = self._rows(names)[codes]
+        return _by_round(rounds, lambda k: self._update(slots[k], x[k]), len(x))
+
     def _update(self, i: np.ndarray, x: np.ndarray) -> np.ndarray:
         """:meth:`update` of the series at rows ``i`` (distinct) of the arrays."""
         m = self.model
@@ -164,6 +173,19 @@ class EwmScores:
             self._var[i] = np.where(learn, new_var, var)
             self._n[i] = n + learn
         return score if scored.all() else np.where(scored, score, np.nan)
+
+
+def _by_round(
+    rounds: np.ndarray, update: Callable[[np.ndarray | slice], np.ndarray], size: int
+) -> np.ndarray:
+    """Scores of ``size`` values: ``update(k)`` of the positions ``k`` of each round in turn
+    (all at once when there is one); NaN where a value is not scored."""
+    got = np.full(size, np.nan)
+    last = int(rounds.max())
+    for r in range(last + 1):
+        k = np.flatnonzero(rounds == r) if last else slice(None)
+        got[k] = update(k)
+    return got
 
 
 def _excess(x: float, edge: float, middle: float, floor: float) -> float:
@@ -247,6 +269,14 @@ class RiverScores:
         """Distinct series refused for want of room under ``max_series``."""
         return len(self._refused)
 
+    def update_in_rounds(
+        self, names: Sequence[str], codes: np.ndarray, rounds: np.ndarray, x: np.ndarray
+    ) -> np.ndarray:
+        """:meth:`update` of the values ``x`` of entities ``names[codes]``, one round at a
+        time (see :meth:`EwmScores.update_in_rounds`)."""
+        entities = np.array(names, dtype=object)[codes]
+        return _by_round(rounds, lambda k: self.update(entities[k].tolist(), x[k]), len(x))
+
     def update(self, entities: Sequence[str], values: Sequence) -> np.ndarray:
         """Score then learn one value (a number, or a dict of features) per entity."""
         m = self.model
@@ -323,7 +353,7 @@ class Scorer:
             if getattr(m, "features", None):
                 at, got = self._with_features(state, batch.mine())
             else:
-                got = self._learn(state, names, codes, rounds, batch.value[at])
+                got = state.update_in_rounds(names, codes, rounds, batch.value[at])
             keep = ~np.isnan(got)
             picked.append(at[keep])
             ids += [m.id] * int(keep.sum())
@@ -337,28 +367,6 @@ class Scorer:
             "unit": pl.Series("unit", ["score"], dtype=pl.String).new_from_index(0, len(ids)),
         }
         return pl.DataFrame([made.get(c, rows.get_column(c)) for c in values.columns])
-
-    @staticmethod
-    def _learn(
-        state: EwmScores | RiverScores, names: list, codes: np.ndarray, rounds: np.ndarray, x
-    ) -> np.ndarray:
-        """Score then learn the values ``x`` of entities ``names[codes]``, round by round.
-
-        NaN where a value is not scored. New series come in the order of ``names``.
-        """
-        got = np.full(len(x), np.nan)
-        if isinstance(state, EwmScores):
-            slots = state._rows(names)[codes]
-        else:
-            entities = np.array(names, dtype=object)[codes]
-        last = int(rounds.max())
-        for r in range(last + 1):
-            k = np.flatnonzero(rounds == r) if last else slice(None)
-            if isinstance(state, EwmScores):
-                got[k] = state._update(slots[k], x[k])
-            else:
-                got[k] = state.update(entities[k].tolist(), x[k])
-        return got
 
     def _with_features(
         self, state: RiverScores, mine: pl.DataFrame
