@@ -26,8 +26,8 @@ from bytewax.operators import StatefulBatchLogic, StatefulLogic
 
 from cityvitals.lake import Lake
 from cityvitals.yamlconf import ConfigError
-from flows import collector, metrics, shutdown
-from flows.config import KafkaConfig, PipelineConfig, cluster_workers, recovery_requested
+from flows import metrics, shutdown
+from flows.config import KafkaConfig, PipelineConfig
 from flows.kafka_io import KafkaOutput, write_mark
 from flows.sinks import ParquetSink
 from indicators import deadlines
@@ -673,25 +673,29 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 def __getattr__(name: str):
-    """``flows.city.flow`` for ``python -m bytewax.run``, built from the environment."""
+    """``flows.city.flow`` for ``python -m bytewax.run``, built from the environment.
+
+    The input is the file ``CITYVITALS_INPUT`` names; the settings are read as the Kafka
+    flow's are (``CITYVITALS_CONFIG`` and ``CITYVITALS__...`` variables, see
+    :func:`flows.config.load_flow_config`), ``CITYVITALS_OUT`` standing for
+    ``CITYVITALS__PIPELINE__OUT``, and the process is set up alike
+    (:func:`flows.process.prepare`: logs, ``/metrics``, the clean stop).
+    """
     if name != "flow":
         raise AttributeError(name)
+    from flows.config import load_flow_config
+    from flows.process import entry, prepare
     from flows.sources import JsonLinesSource
 
     path = os.environ.get("CITYVITALS_INPUT")
     if not path:
         raise RuntimeError("CITYVITALS_INPUT must name a JSON-lines file to run flows.city")
-    config = PipelineConfig.from_mapping(
-        {
-            "out": os.environ.get("CITYVITALS_OUT", "data"),
-            "recovery": recovery_requested(sys.argv, os.environ),
-        },
-        source="environment",
-    )
-    workers = cluster_workers(sys.argv, os.environ)
-    catalog = load_catalog(config.catalog)
-    shards = settle_state(config.out, None, workers, config.recovery, timezone=catalog.timezone)
-    config = config.model_copy(update={"shards": shards})
-    shutdown.install()  # SIGTERM: stop reading, flush the lake sinks, exit 0
-    collector.tune()
-    return build(JsonLinesSource(path, config.batch_size), config, catalog)
+    environ = dict(os.environ)
+    if "CITYVITALS_OUT" in environ:
+        environ.setdefault("CITYVITALS__PIPELINE__OUT", environ["CITYVITALS_OUT"])
+
+    def start() -> Dataflow:
+        config, catalog = prepare(load_flow_config(environ), sys.argv, environ)
+        return build(JsonLinesSource(path, config.pipeline.batch_size), config.pipeline, catalog)
+
+    return entry(start)

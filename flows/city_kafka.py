@@ -17,29 +17,18 @@ it here with one message naming the key, the value and what was expected.
 
 from __future__ import annotations
 
-import atexit
-import logging
 import os
 import sys
 
 from bytewax.dataflow import Dataflow
 
-from cityvitals.yamlconf import ConfigError
-from flows import collector, logs, metrics, shutdown
-from flows.city import STATE_FILE, build, settle_state
-from flows.config import (
-    FlowConfig,
-    cluster_workers,
-    load_flow_config,
-    process_id,
-    recovery_requested,
-)
+from flows.city import STATE_FILE, build
+from flows.config import FlowConfig, load_flow_config
 from flows.kafka_io import KafkaInput, ensure_topics
-from indicators.definitions import Catalog, load_catalog
+from flows.process import entry, prepare
+from indicators.definitions import Catalog
 
 __all__ = ["STATE_FILE", "build_kafka_flow"]
-
-log = logging.getLogger("cityvitals.flow")
 
 
 def build_kafka_flow(
@@ -61,45 +50,12 @@ def build_kafka_flow(
 
 
 def _start(environ, argv) -> Dataflow:
-    config = load_flow_config(environ)
-    process = process_id(argv, environ)
-    workers = cluster_workers(argv, environ)
-    recovering = recovery_requested(argv, environ)
-    catalog = load_catalog(config.pipeline.catalog)
-    shards = settle_state(
-        config.pipeline.out, config.pipeline.shards, workers, recovering, timezone=catalog.timezone
-    )
-    pipeline = config.pipeline.model_copy(
-        update={"recovery": config.pipeline.recovery or recovering, "shards": shards}
-    )
-    config = config.model_copy(update={"pipeline": pipeline})
-    logs.setup(config.logging)
-    log.info("start", extra={"process_id": process, "pid": os.getpid()})
-    log.info("configuration", extra={"config": config.summary()})
-    if shards < workers:
-        log.warning(
-            "pipeline.shards %d < %d workers: %d workers get no keyed work",
-            shards,
-            workers,
-            workers - shards,
-        )
-    shutdown.install()
-    collector.tune()
-    metrics.serve(config.metrics, process)
-    atexit.register(_stopped, process)
+    config, catalog = prepare(load_flow_config(environ), argv, environ)
     return build_kafka_flow(config, catalog=catalog)
-
-
-def _stopped(process: int) -> None:
-    log.info("stop", extra={"process_id": process, "on_sigterm": shutdown.requested()})
 
 
 def __getattr__(name: str) -> Dataflow:
     """``flows.city_kafka.flow`` for ``python -m bytewax.run``, built from the environment."""
     if name != "flow":
         raise AttributeError(name)
-    try:
-        return _start(os.environ, sys.argv)
-    except ConfigError as exc:  # one message, no traceback: the key, the value, the expectation
-        print(f"configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    return entry(lambda: _start(os.environ, sys.argv))

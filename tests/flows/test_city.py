@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import orjson
 import polars as pl
@@ -92,15 +93,48 @@ def test_out_of_order_within_lateness_counts_and_later_is_a_dead_letter(tmp_path
     assert "behind the watermark" in dead["detail"][0]
 
 
+def _file_flow_env(path: Path, out: Path, **settings: str) -> dict[str, str]:
+    """The environment of ``python -m bytewax.run flows.city`` on ``path`` into ``out``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CITYVITALS", "BYTEWAX_"))}
+    env |= {"CITYVITALS_INPUT": str(path), "CITYVITALS_OUT": str(out)}
+    return env | {"CITYVITALS__METRICS__PORT": "0"} | settings  # any free port: side by side
+
+
+def _file_flow(path: Path, out: Path, **settings: str) -> subprocess.CompletedProcess:
+    """``python -m bytewax.run flows.city`` on ``path`` into ``out``, run to its end."""
+    return subprocess.run(
+        [sys.executable, "-m", "bytewax.run", "flows.city"],
+        env=_file_flow_env(path, out, **settings),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def test_bytewax_run_entry_point(tmp_path):
+    """The file flow takes the settings the Kafka flow takes, and logs as it does."""
     path = tmp_path / "in.jsonl"
     n = write_jsonl(Scenario(devices=200, minutes=60, seed=2), path)
-    env = {**os.environ, "CITYVITALS_INPUT": str(path), "CITYVITALS_OUT": str(tmp_path / "out")}
-    subprocess.run(
-        [sys.executable, "-m", "bytewax.run", "flows.city"], env=env, check=True, timeout=300
-    )
-    events = Lake(tmp_path / "out").connect().execute("SELECT sum(events_in) FROM ingest_batches")
-    assert events.fetchone()[0] == n
+    run = _file_flow(path, tmp_path / "out", CITYVITALS__PIPELINE__BATCH_SIZE="1000")
+    assert run.returncode == 0, run.stderr
+    lake = Lake(tmp_path / "out").connect()
+    events, batches = lake.execute("SELECT sum(events_in), count(*) FROM ingest_batches").fetchone()
+    assert events == n
+    assert batches == -(-n // 1000)  # batches of pipeline.batch_size lines
+    logged = [orjson.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    messages = [record["message"] for record in logged]
+    assert messages[:2] == ["start", "configuration"] and messages[-1] == "stop"
+    config = logged[1]["config"]["pipeline"]
+    assert config["batch_size"] == 1000 and config["out"] == str(tmp_path / "out")
+
+
+def test_bytewax_run_entry_point_names_a_bad_setting(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"")
+    run = _file_flow(path, tmp_path / "out", CITYVITALS__PIPELINE__BATCH_SIZE="0")
+    assert run.returncode == 2
+    assert "CITYVITALS__PIPELINE__BATCH_SIZE: pipeline.batch_size: got 0" in run.stderr
+    assert "Traceback" not in run.stderr
 
 
 def test_an_idleness_tick_moves_the_partition_watermark_and_later_older_events_are_late():
@@ -210,7 +244,7 @@ def test_bytewax_run_entry_point_stops_cleanly_on_sigterm(tmp_path):
     fifo = tmp_path / "in.fifo"
     os.mkfifo(fifo)
     out = tmp_path / "out"
-    env = {**os.environ, "CITYVITALS_INPUT": str(fifo), "CITYVITALS_OUT": str(out)}
+    env = _file_flow_env(fifo, out)
     log = tmp_path / "flow.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "bytewax.run", "flows.city"],
