@@ -691,8 +691,8 @@ def __getattr__(name: str):
     if not path:
         raise RuntimeError("CITYVITALS_INPUT must name a JSON-lines file to run flows.city")
     environ = dict(os.environ)
-    if "CITYVITALS_OUT" in environ:
-        environ.setdefault("CITYVITALS__PIPELINE__OUT", environ["CITYVITALS_OUT"])
+    if "CITYVITALS_OUT" in environ:  # named for this run: over an image's or a file's default
+        environ["CITYVITALS__PIPELINE__OUT"] = environ["CITYVITALS_OUT"]
 
     def start() -> Dataflow:
         config, catalog = prepare(load_flow_config(environ), sys.argv, environ)

@@ -485,12 +485,41 @@ def _outside(path: Path, root: Path | None) -> str | None:
     return None
 
 
+#: The settings that are paths: read from the environment as text.
+_PATH_KEYS = frozenset(
+    {
+        "out",
+        "catalog",
+        "rules",
+        "risk_points",
+        "directory",
+        "root",
+        "ssl_ca_location",
+        "ssl_certificate_location",
+        "ssl_key_location",
+    }
+)
+
+
+def _scalar(text: str) -> Any:
+    """``text`` read as a YAML scalar, or as itself where YAML cannot read it (``@a``)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
 def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
     """Nested settings from ``CITYVITALS__SECTION__KEY=value`` variables, and their names.
 
-    Values are read as YAML scalars (``4``, ``true``, ``30s``). Under
-    ``kafka.client``, ``kafka.consumer`` and ``kafka.producer``, underscores become dots:
-    ``..._CLIENT__SECURITY_PROTOCOL`` sets librdkafka's ``security.protocol``.
+    Values are read as YAML scalars (``4``, ``true``, ``30s``), except paths and secrets,
+    which are text as given (``2026``, ``out #1``), and values YAML cannot read, which are
+    text too. Under ``kafka.client``, ``kafka.consumer`` and ``kafka.producer``,
+    underscores become dots: ``..._CLIENT__SECURITY_PROTOCOL`` sets librdkafka's
+    ``security.protocol``.
+
+    >>> _env_overrides({"CITYVITALS__PIPELINE__OUT": "2026 #1", "CITYVITALS__X__Y": "@a"})[0]
+    {'pipeline': {'out': '2026 #1'}, 'x': {'y': '@a'}}
 
     >>> data, names = _env_overrides({"CITYVITALS__KAFKA__STOP_AT_END": "true",
     ...     "CITYVITALS__KAFKA__CLIENT__CLIENT_ID": "district-7", "HOME": "/root"})
@@ -510,8 +539,8 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str
         node = out
         for key in path[:-1]:
             node = node.setdefault(key, {})
-        secret = secret_name(path[-1])  # a password is text, whatever it looks like
-        node[path[-1]] = yaml.safe_load(text) if text.strip() and not secret else text
+        as_text = secret_name(path[-1]) or path[-1] in _PATH_KEYS  # whatever they look like
+        node[path[-1]] = text if as_text or not text.strip() else _scalar(text)
         names[".".join(path)] = name
     return out, names
 

@@ -83,7 +83,7 @@ def _json_messages(
     **headers: str,
 ) -> list[OutMessage]:
     """Records as JSON messages keyed by their ``key`` field (or what ``key`` makes of a
-    record); ``headers`` name record fields."""
+    record); ``headers`` name record fields (a missing or null one is an empty header)."""
     key_of = key if callable(key) else (lambda r: r[key])
     out = []
     for r in records:
@@ -92,7 +92,7 @@ def _json_messages(
             OutMessage(
                 key=key_of(r).encode(),
                 value=orjson.dumps(r, option=_JSON),
-                headers=_headers(kind, ident, **{h: r[f] for h, f in headers.items()}),
+                headers=_headers(kind, ident, **{h: r.get(f) or "" for h, f in headers.items()}),
                 message_id=ident,
             )
         )
@@ -141,6 +141,9 @@ def indicator_messages(values: pl.DataFrame) -> list[OutMessage]:
     ...     "entity_id": ["flat-1"], "window_start": [t], "value": [61.0], "level": ["red"]}))[0]
     >>> m.key, m.message_id, dict(m.headers)["level"]
     (b'fire.temperature|flat-1', 'fire.temperature|flat-1|2026-05-12T08:30:00+00:00', b'red')
+    >>> ungraded = pl.DataFrame({"indicator_id": ["a.b"], "entity_id": ["e"], "window_start": [t]})
+    >>> dict(indicator_messages(ungraded)[0].headers)["level"]
+    b''
     """
 
     def key(row: dict) -> str:

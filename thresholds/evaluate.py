@@ -46,6 +46,7 @@ arrive in window order per series, which the window store guarantees.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -678,7 +679,13 @@ def _known(rule: Rule, level: str, variant: int) -> str:
 
 
 def _worse(rule: Rule, peak: float, value: float) -> float:
-    """The worse of two values under ``rule``: further out on the bad side."""
+    """The worse of two values under ``rule``: further out on the bad side. NaN is above
+    every number, as the grading has it: the worst ``above`` and ``outside``, never worse
+    ``below``."""
+    if math.isnan(value) or math.isnan(peak):
+        if rule.direction == "below":
+            return peak if math.isnan(value) else value
+        return math.nan
     if rule.direction == "above":
         return max(peak, value)
     if rule.direction == "below":

@@ -181,6 +181,8 @@ def _by_round(
     """Scores of ``size`` values: ``update(k)`` of the positions ``k`` of each round in turn
     (all at once when there is one); NaN where a value is not scored."""
     got = np.full(size, np.nan)
+    if not size:
+        return got
     last = int(rounds.max())
     for r in range(last + 1):
         k = np.flatnonzero(rounds == r) if last else slice(None)

@@ -115,8 +115,15 @@ def test_bytewax_run_entry_point(tmp_path):
     """The file flow takes the settings the Kafka flow takes, and logs as it does."""
     path = tmp_path / "in.jsonl"
     n = write_jsonl(Scenario(devices=200, minutes=60, seed=2), path)
-    run = _file_flow(path, tmp_path / "out", CITYVITALS__PIPELINE__BATCH_SIZE="1000")
+    image = tmp_path / "image-default"  # what an image's environment sets: CITYVITALS_OUT wins
+    run = _file_flow(
+        path,
+        tmp_path / "out",
+        CITYVITALS__PIPELINE__BATCH_SIZE="1000",
+        CITYVITALS__PIPELINE__OUT=str(image),
+    )
     assert run.returncode == 0, run.stderr
+    assert not image.exists()
     lake = Lake(tmp_path / "out").connect()
     events, batches = lake.execute("SELECT sum(events_in), count(*) FROM ingest_batches").fetchone()
     assert events == n

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from datetime import timedelta
 
@@ -312,3 +313,23 @@ def test_empty_input():
     assert levels.height == 0
     assert "level" in levels.columns
     assert changes == []
+
+
+@pytest.mark.parametrize(
+    ("direction", "peak", "value", "worse"),
+    [
+        ("above", 80.0, float("nan"), "nan"),  # NaN is above every number: the worst above
+        ("above", float("nan"), 80.0, "nan"),
+        ("below", 5.0, float("nan"), 5.0),  # and never the worse below
+        ("below", float("nan"), 5.0, 5.0),
+        ("above", 80.0, 90.0, 90.0),
+        ("below", 5.0, 3.0, 3.0),
+    ],
+)
+def test_an_alerts_peak_is_its_worst_value_nan_above_every_number(direction, peak, value, worse):
+    from thresholds.evaluate import _worse
+
+    levels = {"yellow": 45, "red": 70} if direction == "above" else {"blue": 10, "red": 2}
+    rule = Rule(id="r", indicator="i", direction=direction, levels=levels)
+    got = _worse(rule, peak, value)
+    assert math.isnan(got) if worse == "nan" else got == worse, got

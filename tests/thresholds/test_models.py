@@ -212,3 +212,11 @@ def test_a_heavier_model_refuses_series_beyond_its_cap_and_counts_them():
     assert np.isnan(out[2:]).all() and not np.isnan(out[:2]).any()
     model.update(["c"], [5.0])
     assert model.refused == 2  # distinct series
+
+
+def test_an_empty_batch_scores_nothing_and_learns_nothing():
+    empty = np.zeros(0, np.int64)
+    quantile = QuantileModel(id="x.q", indicator="x", kind="quantile", description="d")
+    for state in (EwmScores(ewm()), RiverScores(quantile)):
+        assert state.update_in_rounds([], empty, empty, np.zeros(0)).size == 0
+        assert len(state) == 0
