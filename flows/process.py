@@ -36,16 +36,29 @@ def prepare(
     config: FlowConfig, argv: list[str], environ: Mapping[str, str]
 ) -> tuple[FlowConfig, Catalog]:
     """Set this flow process up for ``config``; return the settings of this start (shards
-    settled, ``pipeline.recovery`` on with ``-r``) and the catalogue, loaded once."""
+    settled, ``pipeline.recovery`` on with ``-r``) and the catalogue, loaded once.
+
+    ``pipeline.recovery`` is this start's to set, from ``-r``: set without it, nothing
+    would be recovered and every start would replace what the one before wrote, so it is
+    refused."""
     process = process_id(argv, environ)
     workers = cluster_workers(argv, environ)
     recovering = recovery_requested(argv, environ)
+    if config.pipeline.recovery and not recovering:
+        raise ConfigError(
+            "pipeline.recovery",
+            [
+                "pipeline.recovery: got true, expected it unset: bytewax.run's -r (--recovery-"
+                "directory) turns recovery on, and without it nothing would be recovered and "
+                "every start would replace what the one before wrote"
+            ],
+        )
     catalog = load_catalog(config.pipeline.catalog)
     shards = settle_state(
         config.pipeline.out, config.pipeline.shards, workers, recovering, timezone=catalog.timezone
     )
     pipeline = config.pipeline.model_copy(
-        update={"recovery": config.pipeline.recovery or recovering, "shards": shards}
+        update={"recovery": recovering, "shards": shards}
     )
     config = config.model_copy(update={"pipeline": pipeline})
     logs.setup(config.logging)

@@ -144,6 +144,21 @@ def test_bytewax_run_entry_point_names_a_bad_setting(tmp_path):
     assert "Traceback" not in run.stderr
 
 
+def test_bytewax_run_entry_point_refuses_recovery_without_a_store(tmp_path):
+    """Recovery is -r's to turn on: set in the settings alone, every start would replace the
+    files of the one before, so the start is refused and the earlier output stays."""
+    path = tmp_path / "in.jsonl"
+    write_jsonl(Scenario(devices=200, minutes=60, seed=2), path)
+    out = tmp_path / "out"
+    assert _file_flow(path, out).returncode == 0
+    before = sorted(out.glob("lake/*/*/*.parquet"))
+    run = _file_flow(path, out, CITYVITALS__PIPELINE__RECOVERY="true")
+    assert run.returncode == 2
+    assert "pipeline.recovery: got true, expected it unset" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert sorted(out.glob("lake/*/*/*.parquet")) == before and before
+
+
 def test_an_idleness_tick_moves_the_partition_watermark_and_later_older_events_are_late():
     now = datetime(2026, 5, 12, 7, 0, tzinfo=UTC)
     config = PipelineConfig(allowed_lateness=timedelta(seconds=30))
