@@ -13,11 +13,9 @@ import pickle
 import sys
 import time
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import UTC, datetime
 
 import bytewax.operators as op
-import orjson
 import polars as pl
 import pyarrow as pa
 from bytewax.dataflow import Dataflow
@@ -25,14 +23,13 @@ from bytewax.inputs import FixedPartitionedSource
 from bytewax.operators import StatefulBatchLogic, StatefulLogic
 
 from cityvitals.lake import Lake
-from cityvitals.yamlconf import ConfigError
 from flows import metrics, shutdown
 from flows.config import KafkaConfig, PipelineConfig
-from flows.kafka_io import KafkaOutput, write_mark
+from flows.kafka_io import KafkaOutput
 from flows.sinks import ParquetSink
 from indicators import deadlines
 from indicators.aggregate import Aggregator, split_by_shard
-from indicators.definitions import Catalog, fixed_offset, load_catalog
+from indicators.definitions import Catalog, load_catalog
 from indicators.liveness import heard
 from indicators.timers import Clock, Timers
 from indicators.watermark import PartitionClock
@@ -60,7 +57,6 @@ from thresholds.risk_points import RiskPointSet, load_risk_points
 from thresholds.rules import RuleSet, load_rules
 
 __all__ = [
-    "STATE_FILE",
     "Closed",
     "EmptySnapshotError",
     "Fired",
@@ -68,7 +64,6 @@ __all__ = [
     "ShardItem",
     "TimerItem",
     "build",
-    "settle_state",
 ]
 
 
@@ -538,76 +533,6 @@ def build(
             # (shard, [OutMessage] keyed by indicator and entity)
             op.output("indicator_values_kafka", value_msgs, publish(topics.indicators))
     return flow
-
-
-#: The file in ``pipeline.out`` that records what the recovered state was built with: the
-#: shard count and the catalogue's time zone.
-STATE_FILE = "_pipeline.json"
-
-
-def settle_state(
-    out: Path, requested: int | None, workers: int, recovering: bool, *, timezone: str
-) -> int:
-    """The shard count of this start: ``pipeline.shards``, or one per worker when unset.
-
-    A recovering start keeps what its state was built with. The shard count: keyed state
-    (windows, timers, sink writers) lives under the shard ids ``0 .. shards-1`` and every
-    entity is placed by ``hash % shards``, so resumed under another count an entity's
-    history would sit on the wrong shard. The catalogue's ``timezone``: the recovered
-    windows start where its UTC offset put them, and windows of another offset would
-    overlap them. The first recovering start records both in ``OUT/_pipeline.json``;
-    later ones take the count from there (unset) or refuse another (set), and refuse a
-    zone of another offset (a file without a zone is from before zones: its windows were
-    aligned in UTC).
-
-    >>> import tempfile
-    >>> out = Path(tempfile.mkdtemp())
-    >>> a = settle_state(out, None, 4, True, timezone="Asia/Shanghai")
-    >>> a, settle_state(out, None, 2, True, timezone="PRC")
-    (4, 4)
-    >>> settle_state(out, None, 2, False, timezone="UTC")
-    2
-    >>> try:
-    ...     settle_state(out, 8, 2, True, timezone="UTC")
-    ... except ConfigError as e:
-    ...     for problem in e.problems:
-    ...         print(problem.split(" (")[0])
-    pipeline.shards: got 8, expected 4, the shard count of the recovered state in ...
-    timezone: got 'UTC', expected 'Asia/Shanghai', the time zone the recovered windows ...
-    """
-    shards = requested or workers
-    if not recovering:
-        return shards
-    path = out / STATE_FILE
-    if not path.is_file():
-        write_mark(path, {"shards": shards, "timezone": timezone})
-        return shards
-    state = orjson.loads(path.read_bytes())
-    had, had_zone = state["shards"], state.get("timezone", "UTC")
-    again = "to change it, start over with an empty pipeline.out and a new recovery directory"
-    problems = []
-    if requested is not None and requested != had:
-        problems.append(
-            f"pipeline.shards: got {requested}, expected {had}, the shard count of the "
-            f"recovered state in {out} (leave it unset to keep it; {again})"
-        )
-    if _offset_or_none(timezone) != _offset_or_none(had_zone):
-        problems.append(
-            f"timezone: got '{timezone}', expected '{had_zone}', the time zone the recovered "
-            f"windows in {out} were aligned in (the catalogue's timezone; {again})"
-        )
-    if problems:
-        raise ConfigError(str(path), problems)
-    return had
-
-
-def _offset_or_none(zone: str) -> timedelta | None:
-    """The fixed UTC offset of ``zone``; None if it has none (a recorded zone this host's
-    zone data no longer knows, or whose offset now moves, matches no catalogue's)."""
-    try:
-        return fixed_offset(zone)
-    except ValueError:
-        return None
 
 
 def _restore(resume: bytes | None, catalog: Catalog, partitions: list[str]) -> WindowStore:

@@ -22,10 +22,10 @@ import sys
 
 from bytewax.dataflow import Dataflow
 
-from flows.city import STATE_FILE, build
+from flows.city import build
 from flows.config import FlowConfig, load_flow_config
 from flows.kafka_io import KafkaInput, ensure_topics
-from flows.process import entry, prepare
+from flows.process import STATE_FILE, entry, prepare
 from indicators.definitions import Catalog
 
 __all__ = ["STATE_FILE", "build_kafka_flow"]

@@ -3,7 +3,7 @@
 Both entry points, the file flow (``flows.city``) and the Kafka flow
 (``flows.city_kafka``), set their process up alike with :func:`prepare`: the
 settings of this start settled against the recovered state (the shard count
-and the catalogue's time zone, :func:`flows.city.settle_state`), the logs set
+and the catalogue's time zone, :func:`settle_state`), the logs set
 up (``logging``) and the settings logged, ``/metrics`` served (``metrics``,
 port + process id), SIGTERM made a clean stop (:mod:`flows.shutdown`) and the
 garbage collector tuned (:mod:`flows.collector`). :func:`entry` turns a bad
@@ -18,16 +18,19 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Mapping
+from datetime import timedelta
+from pathlib import Path
 
+import orjson
 from bytewax.dataflow import Dataflow
 
 from cityvitals.yamlconf import ConfigError
 from flows import collector, logs, metrics, shutdown
-from flows.city import settle_state
 from flows.config import FlowConfig, cluster_workers, process_id, recovery_requested
-from indicators.definitions import Catalog, load_catalog
+from flows.kafka_io import write_mark
+from indicators.definitions import Catalog, fixed_offset, load_catalog
 
-__all__ = ["entry", "prepare"]
+__all__ = ["STATE_FILE", "entry", "prepare", "settle_state"]
 
 log = logging.getLogger("cityvitals.flow")
 
@@ -57,9 +60,7 @@ def prepare(
     shards = settle_state(
         config.pipeline.out, config.pipeline.shards, workers, recovering, timezone=catalog.timezone
     )
-    pipeline = config.pipeline.model_copy(
-        update={"recovery": recovering, "shards": shards}
-    )
+    pipeline = config.pipeline.model_copy(update={"recovery": recovering, "shards": shards})
     config = config.model_copy(update={"pipeline": pipeline})
     logs.setup(config.logging)
     log.info("start", extra={"process_id": process, "pid": os.getpid()})
@@ -76,6 +77,76 @@ def prepare(
     metrics.serve(config.metrics, process)
     atexit.register(_stopped, process)
     return config, catalog
+
+
+#: The file in ``pipeline.out`` that records what the recovered state was built with: the
+#: shard count and the catalogue's time zone.
+STATE_FILE = "_pipeline.json"
+
+
+def settle_state(
+    out: Path, requested: int | None, workers: int, recovering: bool, *, timezone: str
+) -> int:
+    """The shard count of this start: ``pipeline.shards``, or one per worker when unset.
+
+    A recovering start keeps what its state was built with. The shard count: keyed state
+    (windows, timers, sink writers) lives under the shard ids ``0 .. shards-1`` and every
+    entity is placed by ``hash % shards``, so resumed under another count an entity's
+    history would sit on the wrong shard. The catalogue's ``timezone``: the recovered
+    windows start where its UTC offset put them, and windows of another offset would
+    overlap them. The first recovering start records both in ``OUT/_pipeline.json``;
+    later ones take the count from there (unset) or refuse another (set), and refuse a
+    zone of another offset (a file without a zone is from before zones: its windows were
+    aligned in UTC).
+
+    >>> import tempfile
+    >>> out = Path(tempfile.mkdtemp())
+    >>> a = settle_state(out, None, 4, True, timezone="Asia/Shanghai")
+    >>> a, settle_state(out, None, 2, True, timezone="PRC")
+    (4, 4)
+    >>> settle_state(out, None, 2, False, timezone="UTC")
+    2
+    >>> try:
+    ...     settle_state(out, 8, 2, True, timezone="UTC")
+    ... except ConfigError as e:
+    ...     for problem in e.problems:
+    ...         print(problem.split(" (")[0])
+    pipeline.shards: got 8, expected 4, the shard count of the recovered state in ...
+    timezone: got 'UTC', expected 'Asia/Shanghai', the time zone the recovered windows ...
+    """
+    shards = requested or workers
+    if not recovering:
+        return shards
+    path = out / STATE_FILE
+    if not path.is_file():
+        write_mark(path, {"shards": shards, "timezone": timezone})
+        return shards
+    state = orjson.loads(path.read_bytes())
+    had, had_zone = state["shards"], state.get("timezone", "UTC")
+    again = "to change it, start over with an empty pipeline.out and a new recovery directory"
+    problems = []
+    if requested is not None and requested != had:
+        problems.append(
+            f"pipeline.shards: got {requested}, expected {had}, the shard count of the "
+            f"recovered state in {out} (leave it unset to keep it; {again})"
+        )
+    if _offset_or_none(timezone) != _offset_or_none(had_zone):
+        problems.append(
+            f"timezone: got '{timezone}', expected '{had_zone}', the time zone the recovered "
+            f"windows in {out} were aligned in (the catalogue's timezone; {again})"
+        )
+    if problems:
+        raise ConfigError(str(path), problems)
+    return had
+
+
+def _offset_or_none(zone: str) -> timedelta | None:
+    """The fixed UTC offset of ``zone``; None if it has none (a recorded zone this host's
+    zone data no longer knows, or whose offset now moves, matches no catalogue's)."""
+    try:
+        return fixed_offset(zone)
+    except ValueError:
+        return None
 
 
 def entry(make: Callable[[], Dataflow]) -> Dataflow:
