@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -485,20 +485,24 @@ def _outside(path: Path, root: Path | None) -> str | None:
     return None
 
 
+def _path_settings(model: type[BaseModel], at: tuple[str, ...] = ()) -> frozenset[tuple]:
+    """Where ``model``'s settings that are paths are (``("pipeline", "out")``, ...).
+
+    >>> ("pipeline", "out") in _path_settings(FlowConfig)
+    True
+    """
+    found: set[tuple] = set()
+    for name, field in model.model_fields.items():
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            found |= _path_settings(kind, (*at, name))
+        elif Path in (kind, *get_args(kind)):
+            found.add((*at, name))
+    return frozenset(found)
+
+
 #: The settings that are paths: read from the environment as text.
-_PATH_KEYS = frozenset(
-    {
-        "out",
-        "catalog",
-        "rules",
-        "risk_points",
-        "directory",
-        "root",
-        "ssl_ca_location",
-        "ssl_certificate_location",
-        "ssl_key_location",
-    }
-)
+_PATH_SETTINGS = _path_settings(FlowConfig)
 
 
 def _scalar(text: str) -> Any:
@@ -539,7 +543,7 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str
         node = out
         for key in path[:-1]:
             node = node.setdefault(key, {})
-        as_text = secret_name(path[-1]) or path[-1] in _PATH_KEYS  # whatever they look like
+        as_text = secret_name(path[-1]) or tuple(path) in _PATH_SETTINGS  # whatever they look like
         node[path[-1]] = text if as_text or not text.strip() else _scalar(text)
         names[".".join(path)] = name
     return out, names
