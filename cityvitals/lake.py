@@ -86,10 +86,11 @@ class Lake:
     is checked against ``catalog``, the catalogue of the flow that writes the
     lake, when that computes the rating's two indicators: its periods then start
     at midnight in that catalogue's time zone, as the daily windows do, unless it
-    names another. A flow whose catalogue computes neither has nothing to rate:
-    the file is checked against the default catalogue, as when no ``catalog`` is
+    names another. A flow whose catalogue lacks either has nothing to rate: the
+    file is then checked against the default catalogue, as when no ``catalog`` is
     given. It is read when the views are written (:meth:`create`), so a bad file
-    raises :class:`cityvitals.yamlconf.ConfigError` there.
+    raises :class:`cityvitals.yamlconf.ConfigError` there. The analysts' views
+    count days in ``catalog``'s time zone.
     """
 
     def __init__(
@@ -107,11 +108,18 @@ class Lake:
         """The rating configuration of the ``department_rating`` view (loaded once)."""
         if not isinstance(self._rating, Rating):
             path = self._rating or DEFAULT_RATING
-            catalog = self._catalog
-            if catalog is None or not _rates_with(load_rating(path), catalog):
+            catalog = self.catalog
+            if not _rates_with(load_rating(path), catalog):
                 catalog = load_catalog()
             self._rating = load_rating(path, catalog=catalog)
         return self._rating
+
+    @property
+    def catalog(self) -> Catalog:
+        """The catalogue of the flow that writes the lake (by default the default one)."""
+        if self._catalog is None:  # loaded once, when first needed
+            self._catalog = load_catalog()
+        return self._catalog
 
     @property
     def db_path(self) -> Path:
@@ -149,7 +157,7 @@ class Lake:
         a new one gets the new file, and nobody ever sees the write lock.
         """
         rating = rating_sql(self.rating)
-        offset = (self._catalog or load_catalog()).window_offset_us
+        offset = self.catalog.window_offset_us
         stamp = _stamp(rating + views.sql(offset))
         if self._views_current(stamp):
             return
