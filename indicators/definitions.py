@@ -21,6 +21,7 @@ numerator
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Literal
@@ -73,6 +74,7 @@ _VALUE_AGGREGATIONS = ("mean", "max", "min", "sum", "p95")
 _ORDER_INVARIANT = ("district_id", "department", "grid_id", "event_class")
 
 
+@functools.lru_cache(maxsize=32)  # a year of days per call: catalogues, ratings and views ask
 def fixed_offset(zone: str, year: int | None = None) -> timedelta:
     """The UTC offset of the IANA time zone ``zone``, which must keep one offset every day of
     ``year`` (this year by default): windows of a day are tumbling, 24 hours each, so they can
