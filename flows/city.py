@@ -12,6 +12,7 @@ import os
 import pickle
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -146,8 +147,10 @@ def _runs_of(batches: list[RawBatch], most_lines: int) -> list[list[RawBatch]]:
 class _Ingest:
     """Set late events aside and pre-aggregate: one partition's step."""
 
-    def __init__(self, decoder: Decoder, catalog: Catalog, config: PipelineConfig) -> None:
-        self.decoder = decoder
+    def __init__(
+        self, now: Callable[[], datetime], catalog: Catalog, config: PipelineConfig
+    ) -> None:
+        self.now = now  # the decoder's clock: what "now" late events are judged at
         self.catalog = catalog
         self.config = config
         self._aggregator = Aggregator(catalog)
@@ -155,7 +158,7 @@ class _Ingest:
     def __call__(self, clock: PartitionClock | None, item: tuple[RawBatch, Decoded]):
         batch, decoded = item
         clock = clock or PartitionClock(self.config.allowed_lateness)
-        decoded = clock.set_aside_late(decoded, self.decoder.now())
+        decoded = clock.set_aside_late(decoded, self.now())
         metrics.observe_batch(decoded.frames, decoded.dead["reason"])
         if batch.idle_until is not None:  # an idle partition must not hold windows open
             clock.observe(int(batch.idle_until.timestamp() * 1_000_000))
@@ -441,7 +444,7 @@ def build(
     # RawBatch: lines of one source partition
     decoded = op.flat_map_batch("decode", raw, _decode(decoder, config.batch_size))
     # (partition, (RawBatch, Decoded)): valid frames and dead letters, all batches at once
-    ingested = op.stateful_map("ingest", decoded, _Ingest(decoder, catalog, config))
+    ingested = op.stateful_map("ingest", decoded, _Ingest(decoder.now, catalog, config))
     # (partition, Ingested): valid frames, dead letters, partials per shard, watermark
     dead = op.filter_map("dead", ingested, _dead)
     # (partition, pl.DataFrame of dead letters)

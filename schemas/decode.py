@@ -517,8 +517,8 @@ def _cuts(frame: pl.DataFrame, starts: np.ndarray) -> np.ndarray:
 
 def _offsets_of(batches: Sequence[RawBatch]) -> pl.Expr:
     """The ``_offset`` of each row of ``batches``' lines, joined (from its ``_row``)."""
-    if len(batches) == 1:
-        return _offset_expr(batches[0])
+    if len(batches) == 1 and batches[0].offsets is None:  # one run of offsets: no array
+        return (pl.col("_row") + batches[0].first_offset).alias("_offset")
     offsets = np.concatenate(
         [
             np.arange(b.first_offset, b.first_offset + len(b.lines), dtype=np.int64)
@@ -662,12 +662,6 @@ def partition_key(source: str, partition: int | None) -> str:
     ('city.readings#3', 'sim.jsonl')
     """
     return source if partition is None else f"{source}#{partition}"
-
-
-def _offset_expr(batch: RawBatch) -> pl.Expr:
-    if batch.offsets is None:
-        return (pl.col("_row") + batch.first_offset).alias("_offset")
-    return pl.lit(pl.Series(batch.offsets, dtype=pl.Int64)).gather(pl.col("_row")).alias("_offset")
 
 
 def dead_letters(batch: RawBatch | Decoded, rows: pl.DataFrame, now: datetime) -> pl.DataFrame:

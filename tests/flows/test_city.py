@@ -163,7 +163,7 @@ def test_an_idleness_tick_moves_the_partition_watermark_and_later_older_events_a
     now = datetime(2026, 5, 12, 7, 0, tzinfo=UTC)
     config = PipelineConfig(allowed_lateness=timedelta(seconds=30))
     decoder = Decoder(now=lambda: now)
-    step = _Ingest(decoder, load_catalog(), config)
+    step = _Ingest(decoder.now, load_catalog(), config)
 
     def ingest(clock, batch):
         return step(clock, (batch, decoder.decode(batch)))
